@@ -1,0 +1,442 @@
+"""The manifest: one CSV row per case, the contract between a user's data and every later stage.
+
+Columns (schema in ``data_manifests/README.md``): ``case_id`` (unique), ``subject_id`` (a patient;
+folds never split a subject), ``image`` (a .nii/.nii.gz/.nrrd/.mha/.mhd file or a DICOM series
+folder), ``label`` (optional), ``fold`` (optional int) and ``label_map`` (optional, ``"1:1,2:1"``).
+Relative paths are relative to the manifest's folder; absolute paths are allowed.
+
+Row numbers in error messages are spreadsheet rows: the header is row 1 and the first case is
+row 2, the same number a text editor shows as the line number.
+
+The importers live in :mod:`pipeline.importers`, folds and ``splits_final.json`` in :mod:`pipeline.folds`;
+both are re-exported here (``from pipeline.manifest import import_msd`` works).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import ManifestError
+
+__all__ = [
+    "COLUMNS",
+    "REQUIRED_COLUMNS",
+    "IMAGE_EXTENSIONS",
+    "read_manifest",
+    "validate_manifest",
+    "write_manifest",
+    "case_records",
+    "parse_label_map",
+    "strip_extension",
+    "is_dicom_file",
+    "is_dicom_folder",
+    "resolve_path",
+    "atomic_write_text",
+]  # plus, lazily, the names of pipeline.importers and pipeline.folds (see __getattr__)
+
+COLUMNS: tuple[str, ...] = ("case_id", "subject_id", "image", "label", "fold", "label_map")
+REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "subject_id", "image")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_IMPORTED = {
+    "import_glob": "pipeline.importers",
+    "import_msd": "pipeline.importers",
+    "import_nnunet": "pipeline.importers",
+    "import_nih": "pipeline.importers",
+    "assign_folds": "pipeline.folds",
+    "describe_folds": "pipeline.folds",
+    "read_splits": "pipeline.folds",
+    "write_splits": "pipeline.folds",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # pipeline.importers and pipeline.folds import this module, so their names are re-exported lazily.
+    if name in _IMPORTED:
+        return getattr(importlib.import_module(_IMPORTED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- small helpers
+def strip_extension(name: str) -> str:
+    """``"p01.nii.gz"`` -> ``"p01"``: the name without a known image extension (case-insensitive)."""
+    low = name.lower()
+    for ext in IMAGE_EXTENSIONS:
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for a ``.dcm`` file or a file with the ``DICM`` signature at byte 128."""
+    p = Path(path)
+    if p.suffix.lower() == ".dcm":
+        return p.is_file()
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def is_dicom_folder(path: str | os.PathLike, max_checked: int = 8) -> bool:
+    """True if ``path`` directly holds a DICOM file (looks at the first ``max_checked`` files only)."""
+    try:
+        files = sorted(e.path for e in os.scandir(path) if e.is_file())
+    except OSError:
+        return False
+    return any(is_dicom_file(f) for f in files[:max_checked])
+
+
+def resolve_path(value: str, root: str | os.PathLike) -> Path:
+    """A manifest path as a ``Path``: absolute values as they are, others under ``root``."""
+    p = Path(value)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def parse_label_map(text: str) -> dict[int, int]:
+    """Parse ``"1:1,2:1"`` into ``{1: 1, 2: 1}``; empty text gives ``{}`` (labels already {0, 1}).
+
+    Label values not in the map become 0 (background).
+
+    Raises:
+        ManifestError: a pair is not ``<int>:<int>``, a value repeats, or a class is negative.
+    """
+    out: dict[int, int] = {}
+    for pair in filter(None, (p.strip() for p in str(text or "").split(","))):
+        m = re.fullmatch(r"(-?\d+)\s*:\s*(-?\d+)", pair)
+        if m is None:
+            raise ManifestError(
+                f"label_map {text!r}: {pair!r} is not '<label value>:<class>', e.g. '1:1,2:1'"
+            )
+        src, dst = int(m.group(1)), int(m.group(2))
+        if src in out:
+            raise ManifestError(f"label_map {text!r}: label value {src} is mapped twice")
+        if dst < 0:
+            raise ManifestError(f"label_map {text!r}: class {dst} is negative")
+        out[src] = dst
+    return out
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it (nothing half-written)."""
+    path = Path(os.path.abspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _text(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return str(value).strip()
+
+
+def _fold(value: Any) -> int | None:
+    """A fold cell as int (None when empty); ValueError when not a whole number >= 0."""
+    text = _text(value)
+    if not text:
+        return None
+    number = float(text)
+    if not number.is_integer() or number < 0:
+        raise ValueError(text)
+    return int(number)
+
+
+def _rows(df: pd.DataFrame) -> list[int]:
+    rows = df.attrs.get("rows")
+    return list(rows) if rows is not None and len(rows) == len(df) else [i + 2 for i in range(len(df))]
+
+
+def _root(df: pd.DataFrame, root: str | os.PathLike | None) -> Path:
+    return Path(os.path.abspath(root if root is not None else df.attrs.get("root", Path.cwd())))
+
+
+# --------------------------------------------------------------------------- validation
+def _path_problem(value: str, root: Path, kind: str) -> str | None:
+    """Why an image/label path cannot be used, or None."""
+    try:
+        p = resolve_path(value, root)
+        if not p.exists():
+            return f"{kind} file not found: {value}"
+        if p.is_dir():
+            if kind == "label":
+                return f"label is a folder, expected a label file ({', '.join(IMAGE_EXTENSIONS)}): {value}"
+            return None if is_dicom_folder(p) else f"image folder holds no DICOM files: {value}"
+        if strip_extension(p.name) == p.name:
+            hint = "; give a DICOM series as its folder" if kind == "image" else ""
+            return f"{kind} file has an unsupported format (expected {', '.join(IMAGE_EXTENSIONS)}{hint}): {value}"
+        if p.stat().st_size == 0:
+            return f"{kind} file is empty (0 bytes): {value}"
+    except (OSError, ValueError) as exc:  # odd characters, too-long names, permissions: never crash
+        return f"{kind} path cannot be used ({exc}): {value}"
+    return None
+
+
+def _and(items: list[Any]) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def validate_manifest(
+    df: pd.DataFrame,
+    root: str | os.PathLike,
+    *,
+    source: str = "manifest",
+    require_labels: bool = False,
+    check_files: bool = True,
+) -> None:
+    """Check a manifest table; raise on the first problem, naming ``source`` and the row.
+
+    Row numbers are spreadsheet rows (header = row 1, first case = row 2), taken from
+    ``df.attrs["rows"]`` when :func:`read_manifest` recorded them.
+
+    Args:
+        df: the table (string cells; ``fold`` may be text or integers).
+        root: the folder relative paths refer to.
+        source: the manifest's name for messages (usually its path).
+        require_labels: every row must have a ``label``.
+        check_files: check that image and label paths exist and have a supported format.
+
+    Raises:
+        ManifestError: unknown or missing columns, no rows, empty required cells, duplicate
+            ``case_id``, a ``fold`` that is not a whole number >= 0, a subject in two folds, a bad
+            ``label_map``, or (``check_files``) a missing, empty or unsupported image/label.
+    """
+    cols = [str(c) for c in df.columns]
+    unknown = [c for c in cols if c not in COLUMNS]
+    if unknown:
+        raise ManifestError(
+            f"{source}: unknown columns: {', '.join(unknown)} (known columns: {', '.join(COLUMNS)})"
+        )
+    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    if missing:
+        raise ManifestError(
+            f"{source}: missing required column(s): {', '.join(missing)} (required: {', '.join(REQUIRED_COLUMNS)})"
+        )
+    if require_labels and "label" not in cols:
+        raise ManifestError(f"{source}: has no label column, but this step needs a label for every case")
+    if len(df) == 0:
+        raise ManifestError(f"{source}: manifest has no rows (no cases)")
+    root, rows = Path(root), _rows(df)
+    cell = {c: [_text(v) for v in df[c].tolist()] if c in cols else [""] * len(df) for c in COLUMNS}
+    folds: list[int | None] = []
+    for i, row in enumerate(rows):
+        case = cell["case_id"][i]
+        where = f"{source} row {row} (case_id={case})"
+        if not case:
+            raise ManifestError(f"{source} row {row}: case_id is empty")
+        if case in (".", "..") or any(ch in case for ch in '/\\:*?"<>|') or not case.isprintable():
+            raise ManifestError(f'{where}: case_id must be usable as a file name (no / \\ : * ? " < > |)')
+        for col in ("subject_id", "image"):
+            if not cell[col][i]:
+                raise ManifestError(f"{where}: {col} is empty")
+        if require_labels and not cell["label"][i]:
+            raise ManifestError(f"{where}: label is empty, but this step needs a label for every case")
+        try:
+            folds.append(_fold(cell["fold"][i]))
+        except ValueError:
+            raise ManifestError(f"{where}: fold {cell['fold'][i]!r} is not a whole number >= 0") from None
+        try:
+            parse_label_map(cell["label_map"][i])
+        except ManifestError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
+        if check_files:
+            for kind in ("image", "label"):
+                problem = _path_problem(cell[kind][i], root, kind) if cell[kind][i] else None
+                if problem:
+                    raise ManifestError(f"{where}: {problem}")
+            if cell["label"][i] and resolve_path(cell["label"][i], root) == resolve_path(
+                cell["image"][i], root
+            ):
+                raise ManifestError(f"{where}: label and image are the same file: {cell['image'][i]}")
+    seen: dict[str, list[int]] = {}
+    for case, row in zip(cell["case_id"], rows):
+        seen.setdefault(case, []).append(row)
+    for case, where_rows in seen.items():
+        if len(where_rows) > 1:
+            raise ManifestError(
+                f"{source} rows {_and(where_rows)}: duplicate case_id={case}; case_id must be unique"
+            )
+    by_subject: dict[str, dict[int, int]] = {}
+    for subject, fold, row in zip(cell["subject_id"], folds, rows):
+        if fold is not None:
+            by_subject.setdefault(subject, {}).setdefault(fold, row)
+    for subject, fold_rows in by_subject.items():
+        if len(fold_rows) > 1:
+            raise ManifestError(
+                f"{source} rows {_and(sorted(fold_rows.values()))}: subject_id={subject} is in folds "
+                f"{_and(sorted(fold_rows))}; all cases of a subject must share one fold"
+            )
+
+
+# --------------------------------------------------------------------------- read / write
+def _decode(path: Path) -> str:
+    if not path.exists():
+        raise ManifestError(f"{path}: manifest not found")
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder; expected a manifest CSV file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from exc
+    if b"\x00" in data[:65536]:
+        raise ManifestError(f"{path}: binary file, not a CSV manifest (save spreadsheets as 'CSV UTF-8')")
+    try:
+        return data.decode("utf-8-sig")  # drops Excel's byte-order mark
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}); save it as 'CSV UTF-8'") from exc
+
+
+def read_manifest(
+    path: str | os.PathLike, *, require_labels: bool = False, check_files: bool = True
+) -> pd.DataFrame:
+    """Read and validate a manifest CSV (UTF-8, BOM allowed; ``,`` ``;`` or tab separated).
+
+    Blank lines are skipped; error messages give spreadsheet rows (header = row 1, first case = row 2).
+
+    Args:
+        path: the manifest CSV.
+        require_labels: every row must have a ``label`` (training, evaluation).
+        check_files: check that every image and label exists (relative to the manifest's folder).
+
+    Returns:
+        A DataFrame with all :data:`COLUMNS` in order (absent optional ones added empty): text
+        stripped, paths as written in the file, ``fold`` as nullable ``Int64``. ``attrs["root"]`` is
+        the manifest's folder, ``attrs["path"]`` the manifest, ``attrs["rows"]`` each case's row.
+
+    Raises:
+        ManifestError: missing, binary, non-UTF-8 or malformed file, or :func:`validate_manifest` fails.
+    """
+    path = Path(os.path.abspath(path))
+    text = _decode(path)
+    head = next((line for line in text.split("\n") if line.strip()), "")
+    counts = {s: head.count(s) for s in (";", "\t")}
+    sep = max(counts, key=counts.get) if max(counts.values()) > head.count(",") else ","
+    try:  # csv, not pandas: it yields blank lines too, so row numbers match a spreadsheet's
+        records = list(csv.reader(io.StringIO(text, newline=""), delimiter=sep))
+    except csv.Error as exc:
+        raise ManifestError(f"{path}: not a valid CSV file ({exc})") from exc
+    first = next((i for i, rec in enumerate(records) if any(v.strip() for v in rec)), None)
+    if first is None:
+        raise ManifestError(f"{path}: manifest is empty (no header, no rows)")
+    header = [h.strip() for h in records[first]]
+    dupes = sorted({h for h in header if h and header.count(h) > 1})
+    if dupes:
+        raise ManifestError(f"{path}: column(s) {', '.join(dupes)} appear more than once in the header")
+    cells, rows = [], []
+    for number, rec in enumerate(records[first + 1 :], start=first + 2):
+        rec = [v.strip() for v in rec]
+        if not any(rec):
+            continue
+        if any(rec[len(header) :]):
+            raise ManifestError(
+                f"{path} row {number}: {len(rec)} values but the header has {len(header)} columns"
+            )
+        cells.append((rec + [""] * len(header))[: len(header)])
+        rows.append(number)
+    df = pd.DataFrame(cells, columns=range(len(header)), dtype=object)
+    for i, name in enumerate(header):  # spreadsheets add unnamed empty columns; unnamed data is an error
+        if not name and df[i].astype(bool).any():
+            raise ManifestError(f"{path}: column {i + 1} has values but no name in the header")
+    df = df[[i for i, name in enumerate(header) if name]].set_axis([h for h in header if h], axis=1)
+    df.attrs["rows"] = rows
+    validate_manifest(
+        df, path.parent, source=str(path), require_labels=require_labels, check_files=check_files
+    )
+    out = _normalise(df, path.parent)
+    out.attrs["path"] = path
+    return out
+
+
+def _normalise(df: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """All :data:`COLUMNS` in order, text columns stripped, ``fold`` as ``Int64``; attrs root/rows set."""
+    out = pd.DataFrame(index=range(len(df)))
+    for col in COLUMNS:
+        values = df[col].tolist() if col in df.columns else [None] * len(df)
+        out[col] = (
+            pd.array([_fold(v) for v in values], dtype="Int64")
+            if col == "fold"
+            else [_text(v) for v in values]
+        )
+    out.attrs.update({"root": Path(os.path.abspath(root)), "rows": _rows(df)})
+    return out
+
+
+def write_manifest(
+    df: pd.DataFrame, path: str | os.PathLike, *, root: str | os.PathLike | None = None
+) -> Path:
+    """Write a manifest atomically (temporary file, then ``os.replace``).
+
+    Paths inside the new manifest's folder are written relative to it, others absolute (a
+    manifest beside its data moves with it; one elsewhere still finds the data).
+
+    Args:
+        df: the cases; its relative paths are relative to ``root``.
+        path: the CSV to write (its folder is created).
+        root: the folder ``df``'s relative paths refer to; default ``df.attrs["root"]``, else the
+            current folder.
+
+    Returns:
+        The written path (absolute).
+
+    Raises:
+        ManifestError: the table fails :func:`validate_manifest` (files are not checked).
+    """
+    path, base = Path(os.path.abspath(path)), _root(df, root)
+    validate_manifest(df, base, source=str(path), check_files=False)
+    out = _normalise(df, base)
+    for col in ("image", "label"):
+        out[col] = [_relative(v, base, path.parent) for v in out[col]]
+    return atomic_write_text(path, out.to_csv(index=False, lineterminator="\n"))
+
+
+def _relative(value: str, base: Path, folder: Path) -> str:
+    if not value:
+        return ""
+    target = Path(os.path.normpath(resolve_path(value, base)))
+    try:
+        return target.relative_to(folder).as_posix()
+    except ValueError:
+        return str(target)
+
+
+def case_records(df: pd.DataFrame, root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The cases as dictionaries for MONAI datasets.
+
+    Args:
+        df: a manifest from :func:`read_manifest` (or a table with its columns).
+        root: the folder relative paths refer to; default ``df.attrs["root"]``, else the current folder.
+
+    Returns:
+        One dict per row: ``case_id``, ``subject_id``, ``image`` (absolute path string), ``label``
+        (absolute path string, only when the row has one), ``fold`` (int, -1 when unassigned),
+        ``label_map`` (string, may be empty).
+    """
+    base = _root(df, root)
+    records = []
+    for row in _normalise(df, base).itertuples(index=False):
+        rec: dict[str, Any] = {"case_id": row.case_id, "subject_id": row.subject_id}
+        rec["image"] = os.path.normpath(resolve_path(row.image, base))
+        if row.label:
+            rec["label"] = os.path.normpath(resolve_path(row.label, base))
+        rec["fold"] = -1 if pd.isna(row.fold) else int(row.fold)
+        rec["label_map"] = row.label_map
+        records.append(rec)
+    return records

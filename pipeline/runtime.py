@@ -1,0 +1,170 @@
+"""Device selection and the speed options of :class:`~pipeline.config.PerfConfig`.
+
+Each option is correct on its own (``tests/models/test_runtime.py`` checks that masks agree with
+float32 to Dice >= 0.99): ``channels_last`` (channels_last_3d memory format), ``bf16`` (bfloat16
+autocast on CPUs with native bf16 instructions), ``amp`` (bf16, or fp16 where the GPU lacks bf16,
+autocast on CUDA), ``compile`` (``torch.compile``, falling back to eager if compilation fails) and
+``threads``. On a 2-core AVX512-BF16 CPU channels-last + bf16 is the fastest combination
+(``bench/model_speed.py``); ``torch.compile`` was slower there and takes minutes to compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.config import PerfConfig
+from pipeline.errors import ConfigError
+
+__all__ = [
+    "select_device",
+    "cpu_supports_bf16",
+    "autocast_dtype",
+    "autocast_context",
+    "prepare_model",
+    "prepare_input",
+    "set_threads",
+]
+
+log = logging.getLogger(__name__)
+
+
+def select_device(perf: PerfConfig) -> torch.device:
+    """The device named by ``perf.device``: ``"auto"`` is CUDA when available, else the CPU.
+
+    Raises:
+        ConfigError: the name is not a device, or CUDA is asked for but not available.
+    """
+    name = (perf.device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"perf.device={perf.device!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"perf.device={perf.device}: CUDA is not available on this machine (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"perf.device={perf.device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type != "cpu":
+        raise ConfigError(f"perf.device={perf.device}: unsupported device type (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+@lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16) that oneDNN uses.
+
+    oneDNN also emulates bf16 on plain AVX512 CPUs, correctly but slower than float32; this
+    returns False there, so ``perf.bf16`` is a speed option only where it speeds things up.
+    """
+    try:
+        if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: trust oneDNN's answer
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def autocast_dtype(device: torch.device, perf: PerfConfig) -> torch.dtype | None:
+    """The autocast dtype the options give on ``device``, or None for float32.
+
+    CPU: bfloat16 when ``perf.bf16`` and :func:`cpu_supports_bf16` (else float32, with a warning).
+    CUDA: with ``perf.amp``, bfloat16 where the GPU supports it, else float16 (which needs a
+    ``torch.amp.GradScaler`` in training).
+    """
+    if device.type == "cpu":
+        if not perf.bf16:
+            return None
+        if not cpu_supports_bf16():
+            log.warning("perf.bf16: this CPU has no native bf16 instructions; running in float32")
+            return None
+        return torch.bfloat16
+    if device.type == "cuda" and perf.amp:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def autocast_context(device: torch.device, perf: PerfConfig) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for the dtype of :func:`autocast_dtype`, or a no-op context."""
+    dtype = autocast_dtype(device, perf)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _memory_format(ndim: int) -> torch.memory_format | None:
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim)
+
+
+def prepare_model(model: nn.Module, device: torch.device, perf: PerfConfig) -> nn.Module:
+    """Move ``model`` to ``device`` and apply ``channels_last`` and ``compile``.
+
+    Compilation is in place (``nn.Module.compile``), so the state dict keys and methods such as
+    ``attention_maps`` stay as they are. Compilation happens at the first call; if it fails there
+    (no C++ compiler, an unsupported operator) the model runs eagerly and a warning is logged.
+
+    Returns:
+        The same module object.
+    """
+    model = model.to(device)
+    if perf.channels_last:
+        spatial_dims = getattr(model, "spatial_dims", 3)
+        model = model.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+    if perf.compile:
+        _compile_with_fallback(model)
+    return model
+
+
+def _compile_with_fallback(model: nn.Module, **compile_kwargs) -> None:
+    """``model.compile(**compile_kwargs)`` whose first compiler failure reverts the module to eager."""
+    try:
+        model.compile(**compile_kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure of the optional compiler means eager
+        log.warning("torch.compile unavailable (%s); running eagerly", exc)
+        return
+    compiled = model._compiled_call_impl
+
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            if not _looks_like_compiler_error(exc):
+                raise
+            log.warning("torch.compile failed (%s: %s); running eagerly", type(exc).__name__, exc)
+            model._compiled_call_impl = None
+            return model._call_impl(*args, **kwargs)
+
+    model._compiled_call_impl = call
+
+
+def _looks_like_compiler_error(exc: Exception) -> bool:
+    """Errors raised by dynamo/inductor, not by the model itself (a bad input shape, say)."""
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor", "torch.fx")) or "BackendCompilerFailed" in type(
+        exc
+    ).__name__
+
+
+def prepare_input(x: torch.Tensor, perf: PerfConfig) -> torch.Tensor:
+    """``x`` in the channels-last memory format when ``perf.channels_last`` (else unchanged)."""
+    fmt = _memory_format(x.dim()) if perf.channels_last else None
+    return x.contiguous(memory_format=fmt) if fmt is not None else x
+
+
+def set_threads(perf: PerfConfig) -> None:
+    """Set torch's intra-op threads to ``perf.threads`` (0 keeps torch's default)."""
+    if perf.threads < 0:
+        raise ConfigError(f"perf.threads={perf.threads}: must be >= 0 (0 keeps torch's default)")
+    if perf.threads > 0:
+        torch.set_num_threads(perf.threads)

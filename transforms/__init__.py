@@ -1,0 +1,37 @@
+"""MONAI transform chains for CT: loading, geometry, intensity, patch sampling, augmentation.
+
+The public API is re-exported here; :mod:`transforms.chains` is the one place that builds chains.
+"""
+
+from __future__ import annotations
+
+from transforms.chains import (
+    build_infer_transforms,
+    build_train_transforms,
+    build_val_transforms,
+    invert_to_original,
+    resolve_target_spacing,
+)
+from transforms.dataset import make_dataset
+from transforms.geometry import BodyCropd, CTSpacingd
+from transforms.intensity import build_intensity
+from transforms.io import DicomSeriesReader, LoadCTd, list_dicom_series, load_volume
+from transforms.labels import MapLabelsd, parse_label_map
+
+__all__ = [
+    "build_train_transforms",
+    "build_val_transforms",
+    "build_infer_transforms",
+    "invert_to_original",
+    "make_dataset",
+    "resolve_target_spacing",
+    "build_intensity",
+    "BodyCropd",
+    "CTSpacingd",
+    "DicomSeriesReader",
+    "LoadCTd",
+    "MapLabelsd",
+    "list_dicom_series",
+    "load_volume",
+    "parse_label_map",
+]

@@ -1,0 +1,255 @@
+"""The one place that builds the transform chains for training, validation and inference.
+
+Every chain starts with the same deterministic steps, so a scan lands on the same canonical grid
+whatever its format: load (:class:`~transforms.io.LoadCTd`), map labels, reorient to
+``data.orientation``, crop to the body (``data.body_crop``), resample to the target spacing, normalise
+intensities. The geometric steps are MONAI's invertible transforms, so :func:`invert_to_original`
+brings a prediction back to the input's exact grid with ``Invertd``. The body crop comes before the
+resampling: it is computed on the original grid in HU, and resampling (and its inverse) then work on
+the smaller box.
+
+The training chain adds patch sampling and augmentation; everything before the first random
+transform is deterministic, so ``CacheDataset``/``PersistentDataset`` cache it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from monai.transforms import (
+    Invertd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandZoomd,
+    SpatialPadd,
+)
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError
+from transforms.compose import CTCompose
+from transforms.geometry import BodyCropd, CTSpacingd
+from transforms.intensity import build_intensity
+from transforms.io import LoadCTd
+from transforms.labels import MapLabelsd
+
+__all__ = [
+    "AIR_HU",
+    "build_train_transforms",
+    "build_val_transforms",
+    "build_infer_transforms",
+    "invert_to_original",
+    "resolve_target_spacing",
+]
+
+AIR_HU = -1024.0  # value for padding images before normalisation
+_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def _check_orientation(code: str) -> str:
+    code = str(code).upper()
+    axes = []
+    for ch in code:
+        found = [i for i, pair in enumerate(_AXIS_LABELS) if ch in pair]
+        axes.extend(found)
+    if len(code) != 3 or sorted(axes) != [0, 1, 2]:
+        raise ConfigError(f"config key data.orientation: {code!r} is not an axis code such as 'RAS' or 'LPS'")
+    return code
+
+
+def resolve_target_spacing(cfg: Config) -> list[float]:
+    """The spacing the chains resample to: ``data.target_spacing``, or the fingerprint's suggestion
+    when ``data.spacing_from_fingerprint`` is true.
+
+    Raises:
+        ConfigError: no fingerprint given when needed, or not three positive numbers.
+    """
+    spacing = list(cfg.data.target_spacing)
+    where = "data.target_spacing"
+    if cfg.data.spacing_from_fingerprint:
+        from pipeline.fingerprint import read_fingerprint  # late: pipeline.fingerprint loads through us
+
+        if not cfg.data.fingerprint:
+            raise ConfigError("config key data.fingerprint: required when data.spacing_from_fingerprint is true")
+        spacing = list(read_fingerprint(cfg.data.fingerprint).get("suggested_target_spacing") or [])
+        where = f"{cfg.data.fingerprint}: suggested_target_spacing"
+    if len(spacing) != 3 or not all(float(s) > 0 and math.isfinite(float(s)) for s in spacing):
+        raise ConfigError(f"{where}: expected three positive spacings in mm, got {spacing}")
+    return [float(s) for s in spacing]
+
+
+def _canonical_steps(cfg: Config, keys: list[str], label_required: bool) -> list:
+    """Load, map labels, reorient, body crop, resample: the deterministic geometry of every chain."""
+    spacing = resolve_target_spacing(cfg)
+    orientation = _check_orientation(cfg.data.orientation)
+    labels = [k for k in keys if k != "image"]
+    steps: list = [
+        LoadCTd(keys, image_key="image", dicom_series=cfg.data.dicom_series, allow_missing_keys=not label_required)
+    ]
+    if labels:
+        steps.append(MapLabelsd(labels, allow_missing_keys=not label_required))
+    allow_missing = not label_required
+    steps.append(Orientationd(keys, axcodes=orientation, labels=_AXIS_LABELS, allow_missing_keys=allow_missing))
+    if cfg.data.body_crop:
+        steps.append(
+            BodyCropd(
+                keys,
+                source_key="image",
+                threshold=cfg.data.body_threshold_hu,
+                margin_mm=cfg.data.body_margin_mm,
+                allow_missing_keys=allow_missing,
+            )
+        )
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    steps.append(
+        CTSpacingd(keys, pixdim=spacing, mode=modes, dtype=np.float32, allow_missing_keys=allow_missing)
+    )
+    return steps
+
+
+def build_infer_transforms(cfg: Config, with_label: bool = False) -> CTCompose:
+    """Whole-volume chain for inference: the image (and label) on the canonical grid, normalised.
+
+    Args:
+        cfg: the pipeline config (``data`` section).
+        with_label: also load, map and resample ``"label"`` (nearest); records without one are fine.
+
+    Returns:
+        An invertible ``Compose`` (a :class:`~transforms.compose.CTCompose`: it raises the pipeline's
+        ``ImageError`` itself, not MONAI's ``RuntimeError`` wrapper); pass it to
+        :func:`invert_to_original` with the prediction.
+
+    Raises:
+        ConfigError: invalid ``data`` settings.
+    """
+    keys = ["image", "label"] if with_label else ["image"]
+    return CTCompose([*_canonical_steps(cfg, keys, label_required=False), build_intensity(cfg, "image")])
+
+
+def build_val_transforms(cfg: Config) -> CTCompose:
+    """Whole-volume chain for sliding-window validation: image and label on the canonical grid.
+
+    Raises:
+        ConfigError: invalid ``data`` settings.
+    """
+    keys = ["image", "label"]
+    return CTCompose([*_canonical_steps(cfg, keys, label_required=True), build_intensity(cfg, "image")])
+
+
+def _check_patch(cfg: Config) -> list[int]:
+    patch = [int(v) for v in cfg.data.patch_size]
+    if len(patch) != 3 or min(patch) < 1:
+        raise ConfigError(f"config key data.patch_size: expected three positive sizes, got {cfg.data.patch_size}")
+    if not 0.0 <= cfg.data.pos_fraction <= 1.0:
+        raise ConfigError(f"config key data.pos_fraction: expected a value in [0, 1], got {cfg.data.pos_fraction}")
+    if cfg.data.samples_per_volume < 1:
+        raise ConfigError(f"config key data.samples_per_volume: expected >= 1, got {cfg.data.samples_per_volume}")
+    return patch
+
+
+def _augmentation(cfg: Config, keys: list[str]) -> list:
+    """Seeded augmentation of one patch, from ``data.augment``; steps with no effect are left out."""
+    aug = cfg.data.augment
+    steps: list = []
+    if aug.flip_prob > 0:
+        steps += [RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in (0, 1)]  # in-plane axes
+    if aug.rotate_prob > 0 and aug.rotate_deg > 0:
+        # range_z rotates in the plane of the first two axes, i.e. about the cranio-caudal axis
+        steps.append(
+            RandRotated(
+                keys,
+                range_z=math.radians(aug.rotate_deg),
+                prob=aug.rotate_prob,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+                keep_size=True,
+            )
+        )
+    if aug.scale_prob > 0 and list(aug.scale_range) != [1.0, 1.0]:
+        if len(aug.scale_range) != 2 or not 0 < aug.scale_range[0] <= aug.scale_range[1]:
+            raise ConfigError(f"config key data.augment.scale_range: expected [min, max] > 0, got {aug.scale_range}")
+        steps.append(
+            RandZoomd(
+                keys,
+                prob=aug.scale_prob,
+                min_zoom=aug.scale_range[0],
+                max_zoom=aug.scale_range[1],
+                mode=("trilinear", "nearest"),
+                keep_size=True,
+            )
+        )
+    if aug.intensity_prob > 0 and aug.intensity_shift > 0:
+        steps.append(RandShiftIntensityd("image", offsets=aug.intensity_shift, prob=aug.intensity_prob))
+    if aug.intensity_prob > 0 and aug.intensity_scale > 0:
+        steps.append(RandScaleIntensityd("image", factors=aug.intensity_scale, prob=aug.intensity_prob))
+    if aug.noise_std > 0 and aug.noise_prob > 0:
+        steps.append(RandGaussianNoised("image", prob=aug.noise_prob, mean=0.0, std=aug.noise_std))
+    return steps
+
+
+def build_train_transforms(cfg: Config) -> CTCompose:
+    """Training chain: canonical grid, padding to the patch size, patches around the pancreas,
+    augmentation. Seeded with ``train.seed``.
+
+    Each volume yields a list of ``data.samples_per_volume`` patch dicts of ``data.patch_size``;
+    a fraction ``data.pos_fraction`` of them is centred on a label voxel.
+
+    Raises:
+        ConfigError: invalid ``data`` settings.
+    """
+    keys = ["image", "label"]
+    patch = _check_patch(cfg)
+    pos = float(cfg.data.pos_fraction)
+    steps = [
+        *_canonical_steps(cfg, keys, label_required=True),
+        # volumes smaller than a patch: pad the image with air and the label with background
+        SpatialPadd("image", spatial_size=patch, value=AIR_HU),
+        SpatialPadd("label", spatial_size=patch, value=0),
+        build_intensity(cfg, "image"),
+        # --- first random transform: everything above is cached by make_dataset ---
+        RandCropByPosNegLabeld(
+            keys,
+            label_key="label",
+            spatial_size=patch,
+            pos=pos,
+            neg=1.0 - pos,
+            num_samples=int(cfg.data.samples_per_volume),
+        ),
+        *_augmentation(cfg, keys),
+    ]
+    chain = CTCompose(steps)
+    chain.set_random_state(seed=int(cfg.train.seed))
+    return chain
+
+
+def invert_to_original(
+    data: dict, infer_transforms: CTCompose, keys: Sequence[str] = ("pred",), nearest: bool = True
+) -> dict:
+    """Bring predictions from the canonical grid back to the input image's grid.
+
+    Args:
+        data: the dict that ``infer_transforms`` returned (its ``"image"`` carries the applied
+            operations) plus the predictions under ``keys``: channel-first tensors on the canonical grid.
+        infer_transforms: the chain from :func:`build_infer_transforms` that produced ``data``.
+        keys: prediction keys to invert.
+        nearest: nearest-neighbour interpolation (labels); False for probabilities (linear).
+
+    Returns:
+        A new dict with each prediction on the original grid: the loaded image's shape, and a meta
+        affine equal to the original affine.
+    """
+    keys = list(keys)
+    inverter = Invertd(
+        keys=keys,
+        transform=infer_transforms,
+        orig_keys=["image"] * len(keys),
+        nearest_interp=nearest,
+        to_tensor=True,
+    )
+    return inverter(dict(data))

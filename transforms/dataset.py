@@ -1,0 +1,115 @@
+"""Datasets that cache the deterministic part of a chain (``data.cache``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import json_hashing
+from monai.transforms import Compose
+from monai.transforms.transform import RandomizableTrait, Transform
+from monai.utils import TraceKeys
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError
+from transforms.compose import UnwrapErrorsMixin
+
+__all__ = ["CACHE_MODES", "CACHE_VERSION", "cache_key", "make_dataset"]
+
+CACHE_MODES = ("memory", "disk", "none")
+CACHE_VERSION = 1  # bump when the deterministic steps change their output for the same config
+
+
+# What a cached volume holds besides tensors and plain types: MONAI's trace keys and the numpy
+# affine that Orientationd records. Allowed only while reading our own cache files.
+_CACHE_SAFE_GLOBALS = [
+    TraceKeys,
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.int16, np.uint8, np.bool_)),
+]
+
+
+class _Dataset(UnwrapErrorsMixin, Dataset):
+    pass
+
+
+class _CacheDataset(UnwrapErrorsMixin, CacheDataset):
+    pass
+
+
+class _CTPersistentDataset(UnwrapErrorsMixin, PersistentDataset):
+    """``PersistentDataset`` that can read back its MetaTensors with ``torch.load(weights_only=True)``.
+
+    Without the allow-list every read fails, MONAI takes the file for corrupt and recomputes it:
+    a disk cache that never hits.
+    """
+
+    def _cachecheck(self, item_transformed):
+        with torch.serialization.safe_globals(_CACHE_SAFE_GLOBALS):
+            return super()._cachecheck(item_transformed)
+
+
+def _deterministic_names(transform) -> list[str]:
+    chain = transform.transforms if isinstance(transform, Compose) else [transform]
+    names = []
+    for t in chain:
+        if isinstance(t, RandomizableTrait) or not isinstance(t, Transform):
+            break
+        names.append(type(t).__name__)
+    return names
+
+
+def cache_key(transform, cfg: Config) -> str:
+    """Hash of everything that shapes a cached volume: the deterministic steps and the data config.
+
+    A changed spacing, window, fingerprint file, crop or patch size gives new cache files instead
+    of silently reusing stale ones.
+    """
+    data = dataclasses.asdict(cfg.data)
+    for field in ("augment", "cache", "cache_dir", "num_workers", "pos_fraction", "samples_per_volume"):
+        data.pop(field, None)
+    if cfg.data.fingerprint and Path(cfg.data.fingerprint).is_file():
+        data["fingerprint_content"] = Path(cfg.data.fingerprint).read_text()
+    payload = {"version": CACHE_VERSION, "steps": _deterministic_names(transform), "data": data}
+    return json_hashing(json.loads(json.dumps(payload, default=str))).decode("utf-8")[:16]
+
+
+def make_dataset(records: Sequence[dict], transform, cfg: Config, cache_dir: str | Path | None = None) -> Dataset:
+    """A MONAI dataset over ``records`` that caches the chain's steps before its first random one.
+
+    Args:
+        records: dicts with ``case_id``, ``image`` and optionally ``label``, ``label_map``.
+        transform: a chain from :mod:`transforms.chains`.
+        cfg: the config; ``data.cache`` picks ``"memory"`` (``CacheDataset``), ``"disk"``
+            (``PersistentDataset`` in ``cache_dir`` or ``data.cache_dir``) or ``"none"`` (``Dataset``).
+        cache_dir: folder for ``"disk"``; overrides ``data.cache_dir``.
+
+    Returns:
+        The dataset; items are what ``transform`` returns (a list of patches for the training chain).
+        Indexing raises the pipeline's errors (e.g. ``ImageError``) as themselves.
+
+    Raises:
+        ConfigError: unknown cache mode, or ``"disk"`` without a cache folder.
+    """
+    mode = cfg.data.cache
+    records = list(records)
+    if mode == "none":
+        return _Dataset(records, transform)
+    if mode == "memory":
+        workers = max(int(cfg.data.num_workers), 1)
+        return _CacheDataset(records, transform, num_workers=workers, progress=False)
+    if mode == "disk":
+        folder = cache_dir or cfg.data.cache_dir
+        if not folder:
+            raise ConfigError("config key data.cache_dir: required when data.cache is 'disk'")
+        ds = _CTPersistentDataset(records, transform, cache_dir=Path(folder), track_meta=True)
+        ds.transform_hash = cache_key(transform, cfg)  # appended to each item's hash in the file name
+        return ds
+    raise ConfigError(f"config key data.cache: unknown mode {mode!r} (known: {', '.join(CACHE_MODES)})")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -32,7 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import AttentionUNet  # noqa: E402
 from pipeline.config import PerfConfig  # noqa: E402
-from pipeline.runtime import autocast_context, cpu_supports_bf16, prepare_input, prepare_model  # noqa: E402
+from pipeline.runtime import (  # noqa: E402
+    autocast_context,
+    configure_process,
+    cpu_supports_bf16,
+    prepare_input,
+    prepare_model,
+)
 
 CHANNELS = (16, 32, 64, 128, 256)
 
@@ -48,14 +55,20 @@ def build(family: str) -> torch.nn.Module:
     if family == "monai":
         from monai.networks.nets import AttentionUnet
 
-        return AttentionUnet(spatial_dims=3, in_channels=1, out_channels=2, channels=CHANNELS, strides=(2, 2, 2, 2))
+        return AttentionUnet(
+            spatial_dims=3, in_channels=1, out_channels=2, channels=CHANNELS, strides=(2, 2, 2, 2)
+        )
     return AttentionUNet(channels=CHANNELS, attention=family == "ours")
 
 
 def variants(device: torch.device, quick: bool, compile_: bool) -> list[Variant]:
     base = PerfConfig(device=device.type, amp=False, bf16=False, channels_last=False)
     if device.type == "cuda":
-        opts = {"fp32": base, "amp": replace(base, amp=True), "amp+cl": replace(base, amp=True, channels_last=True)}
+        opts = {
+            "fp32": base,
+            "amp": replace(base, amp=True),
+            "amp+cl": replace(base, amp=True, channels_last=True),
+        }
         fast = "amp+cl"
     else:
         bf16 = cpu_supports_bf16()
@@ -117,8 +130,11 @@ class Task:
         return f"{self.kind} {self.size}^3 b{self.batch}"
 
     def setup(self, v: Variant) -> None:
-        model = prepare_model(build(v.family), self.device, v.perf)
-        model.train(self.kind == "train")
+        model = build(v.family)
+        if self.kind == "infer":  # eval-mode BN statistics, folded into the convs where adjacent
+            model = prepare_model(model.eval(), self.device, v.perf, inference=True)
+        else:
+            model = prepare_model(model, self.device, v.perf).train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4) if self.kind == "train" else None
         self.state[v.name] = (model, opt, make_loss(v.family), prepare_input(self.x, v.perf))
 
@@ -162,12 +178,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64^3 training and 96^3 inference, fewer variants")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--repeats", type=int, default=0, help="timed repeats per variant (default 3, quick 2)")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on a CPU)")
+    ap.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (slow to compile on a CPU)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-huge-pages", action="store_true", help="keep the allocator's default pages")
     args = ap.parse_args()
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_process(PerfConfig(threads=args.threads, huge_pages=not args.no_huge_pages))
     repeats = args.repeats or (2 if args.quick else 3)
     vs = variants(device, args.quick, args.compile)
     tasks = [Task("train", 64, 2, device)]
@@ -176,7 +194,10 @@ def main() -> None:
     tasks.append(Task("infer", 96, 1, device))
 
     gemm = gemm_gflops(device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats}")
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats}, THP {thp}"
+    )
     print(f"float32 GEMM (torch.mm 2048^3): {gemm:.0f} GFLOP/s")
     times: dict[tuple[str, str], float] = {}
     flops: dict[tuple[str, str], float] = {}
@@ -208,10 +229,14 @@ def report(tasks, vs, times, flops, gemm) -> None:
             gf = flops[(lab, v.family)] / t / 1e9
             row += f"{t:>18.3f}{gf:>9.1f}{gf / gemm:>7.2f}"
         print(row)
-    print("\nGFLOP per call (FlopCounterMode): " + "; ".join(
-        f"{lab}: " + ", ".join(f"{fam} {flops[(lab, fam)] / 1e9:.1f}" for fam in ("ours", "unet", "monai"))
-        for lab in labels
-    ))
+    print(
+        "\nGFLOP per call (FlopCounterMode): "
+        + "; ".join(
+            f"{lab}: "
+            + ", ".join(f"{fam} {flops[(lab, fam)] / 1e9:.1f}" for fam in ("ours", "unet", "monai"))
+            for lab in labels
+        )
+    )
     print("\nratios (target in brackets)")
     ours = [v for v in vs if v.family == "ours"]
     for lab in labels:

@@ -62,6 +62,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _current_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def run_once(path: str, chain, stage_names) -> tuple[dict, dict]:
     from transforms import invert_to_original
 
@@ -107,15 +113,22 @@ def main() -> None:
         proc = mp.get_context("spawn").Process(target=write_scan, args=(path,))
         proc.start()
         proc.join()
-        print(f"wrote {path}: {SHAPE} int16 at {SPACING} mm, {Path(path).stat().st_size / 1e6:.0f} MB "
-              f"in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"wrote {path}: {SHAPE} int16 at {SPACING} mm, {Path(path).stat().st_size / 1e6:.0f} MB "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
 
         cfg = Config()  # default: RAS, 2 mm isotropic, window -100..240 HU, body crop
         chain = build_infer_transforms(cfg)
         names = ["load", "orientation", "crop", "spacing", "intensity"]
         assert [type(t).__name__ for t in chain.transforms] == [
-            "LoadCTd", "Orientationd", "BodyCropd", "CTSpacingd", "ScaleIntensityRanged"
+            "LoadCTd",
+            "Orientationd",
+            "BodyCropd",
+            "CTSpacingd",
+            "ScaleIntensityRanged",
         ]
+        base = _current_mb()
         run_once(path, chain, names)  # warm-up: first-use imports, allocator
         runs = []
         measured_peak = _reset_peak()
@@ -124,8 +137,10 @@ def main() -> None:
         peak = _peak_mb()
         _, info = run_once(path, chain, names)
 
-        print(f"torch threads: {torch.get_num_threads()}; canonical grid {info['canonical shape']} "
-              f"at {info['pixdim']} mm; {args.repeats} runs after a warm-up")
+        print(
+            f"torch threads: {torch.get_num_threads()}; canonical grid {info['canonical shape']} "
+            f"at {info['pixdim']} mm; {args.repeats} runs after a warm-up"
+        )
         print(f"{'stage':32s} {'min s':>7s} {'median s':>9s}")
         for key in runs[0]:
             vals = [r[key] for r in runs]
@@ -133,7 +148,7 @@ def main() -> None:
         total = [r["preprocess total"] + r["invert label (nearest)"] for r in runs]
         print(f"{'preprocess + invert label':32s} {min(total):7.3f} {statistics.median(total):9.3f}")
         kind = "peak RSS (VmHWM, reset before the runs)" if measured_peak else "peak RSS (whole process)"
-        print(f"{kind}: {peak:.0f} MB")
+        print(f"{kind}: {peak:.0f} MB (RSS after imports, before any scan: {base:.0f} MB)")
 
         # side by side: the same inversion with MONAI's Spacingd.inverse (affine_grid + grid_sample)
         steps = list(chain.transforms)
@@ -154,8 +169,10 @@ def main() -> None:
             t_monai.append(time.perf_counter() - t0)
         monai_peak = _peak_mb()
         assert isinstance(sp, CTSpacingd)
-        print(f"invert label: CTSpacingd {min(t_ours):.3f} s vs MONAI Spacingd {min(t_monai):.3f} s "
-              f"-> {min(t_monai) / min(t_ours):.1f}x faster; peak RSS during MONAI's inverse {monai_peak:.0f} MB")
+        print(
+            f"invert label: CTSpacingd {min(t_ours):.3f} s vs MONAI Spacingd {min(t_monai):.3f} s "
+            f"-> {min(t_monai) / min(t_ours):.1f}x faster; peak RSS during MONAI's inverse {monai_peak:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -100,7 +100,9 @@ class GridAttentionGate(nn.Module):
             z = conv_fn(x, conv.weight)  # W_lin x for every gate: (B, n*C, *S)
             ones = [1] * len(spatial)
             y = torch.addcmul(
-                conv.bias.view(1, n, c, *ones).to(z.dtype), z.view(b, n, c, *spatial), alpha.unsqueeze(2).to(z.dtype)
+                conv.bias.view(1, n, c, *ones).to(z.dtype),
+                z.view(b, n, c, *spatial),
+                alpha.unsqueeze(2).to(z.dtype),
             )
         else:
             gated = x.view(b, 1, a, c // a, *spatial) * alpha.view(b, n, a, 1, *spatial).to(x.dtype)
@@ -146,10 +148,18 @@ class MultiGateAttention(nn.Module):
         conv, norm = conv_type(spatial_dims), norm_type(spatial_dims)
         self.num_gates = num_gates
         self.gate = GridAttentionGate(
-            spatial_dims, in_channels, gating_channels, in_channels, sub_sample_factor, attention_channels, num_gates
+            spatial_dims,
+            in_channels,
+            gating_channels,
+            in_channels,
+            sub_sample_factor,
+            attention_channels,
+            num_gates,
         )
         self.combine = nn.Sequential(
-            conv(in_channels * num_gates, in_channels, kernel_size=1), norm(in_channels), nn.ReLU(inplace=True)
+            conv(in_channels * num_gates, in_channels, kernel_size=1),
+            norm(in_channels),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -100,12 +100,16 @@ class AttentionUNet(nn.Module):
         )
         self.pool = pool_type(spatial_dims)(kernel_size=2)
         # decoders[i] produces level i (0 = full resolution) from level i+1
-        self.decoders = nn.ModuleList(UpBlock(spatial_dims, ch[i], ch[i + 1], ch[i], dropout) for i in range(n - 1))
+        self.decoders = nn.ModuleList(
+            UpBlock(spatial_dims, ch[i], ch[i + 1], ch[i], dropout) for i in range(n - 1)
+        )
         if attention:
             self.gating = GatingSignal(spatial_dims, ch[-1], ch[-1])
             # gates[j] sits on the skip of level j+1 (the full-resolution skip is not gated)
             self.gates = nn.ModuleList(
-                MultiGateAttention(spatial_dims, ch[i], ch[i + 1], gates_per_level, sub_sample_factor, attention_channels)
+                MultiGateAttention(
+                    spatial_dims, ch[i], ch[i + 1], gates_per_level, sub_sample_factor, attention_channels
+                )
                 for i in range(1, n - 1)
             )
         self.heads = nn.ModuleList(pointwise_conv(spatial_dims, ch[i], out_channels) for i in range(n - 1))

@@ -7,11 +7,13 @@ choices follow the authors' ``models/networks/utils.py`` (``UnetConv3``, ``UnetU
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = [
     "conv_type",
@@ -20,6 +22,7 @@ __all__ = [
     "interp_mode",
     "resize_to",
     "init_weights",
+    "fold_batch_norm",
     "pointwise_conv",
     "ConvBlock",
     "GatingSignal",
@@ -88,7 +91,11 @@ _BACKWARDS = {
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() in _CL_FORMATS and x.is_contiguous(memory_format=_CL_FORMATS[x.dim()]) and not x.is_contiguous()
+    return (
+        x.dim() in _CL_FORMATS
+        and x.is_contiguous(memory_format=_CL_FORMATS[x.dim()])
+        and not x.is_contiguous()
+    )
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -119,6 +126,42 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with each batch norm folded into the conv before it.
+
+    In every ``nn.Sequential``, a conv directly followed by a batch norm becomes one conv with
+    ``W' = s W`` and ``b' = s (b - mean) + beta`` (``s = gamma / sqrt(var + eps)``, running
+    statistics), and the batch norm an ``nn.Identity``: the same function in eval mode, one pass
+    over the activations fewer. This also holds for the gates' output transform, where alpha
+    multiplies the conv output before the batch norm: alpha is one number per voxel and the batch
+    norm is affine per channel. The copy is in eval mode and must not be trained.
+
+    Args:
+        model: any module; only adjacent (conv, batch norm) pairs in ``nn.Sequential`` are folded.
+
+    Returns:
+        A folded deep copy (``model`` itself is left unchanged).
+    """
+    model = copy.deepcopy(model).eval()
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if not isinstance(conv, (nn.Conv2d, nn.Conv3d)) or not isinstance(
+                bn, (nn.BatchNorm2d, nn.BatchNorm3d)
+            ):
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                continue  # batch statistics even in eval mode: nothing to fold
+            with torch.no_grad():
+                weight, bias = fuse_conv_bn_weights(
+                    conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+                )
+            conv.weight = weight
+            conv.bias = bias
+            seq[i + 1] = nn.Identity()
+    return model
 
 
 class _PointwiseMixin:
@@ -187,7 +230,9 @@ class GatingSignal(nn.Sequential):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
         conv, norm = conv_type(spatial_dims), norm_type(spatial_dims)
-        super().__init__(conv(in_channels, out_channels, kernel_size=1), norm(out_channels), nn.ReLU(inplace=True))
+        super().__init__(
+            conv(in_channels, out_channels, kernel_size=1), norm(out_channels), nn.ReLU(inplace=True)
+        )
 
 
 class UpBlock(nn.Module):
@@ -202,7 +247,12 @@ class UpBlock(nn.Module):
     """
 
     def __init__(
-        self, spatial_dims: int, skip_channels: int, coarse_channels: int, out_channels: int, dropout: float = 0.0
+        self,
+        spatial_dims: int,
+        skip_channels: int,
+        coarse_channels: int,
+        out_channels: int,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.conv = ConvBlock(spatial_dims, skip_channels + coarse_channels, out_channels, dropout)

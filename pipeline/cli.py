@@ -194,6 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a CV or inference run",
+        description="Write RUN/report.html (with PNG figures in RUN/report_files/): summary and per-case "
+        "tables, training curves, prediction/label overlays (worst cases first) and attention maps.",
+    )
+    p.add_argument("run", help="CV run folder (or an inference output folder)")
+    p.add_argument("--manifest", default=None, help="manifest with labels (default: the one the run used)")
+    p.add_argument(
+        "--max-cases", type=int, default=12, help="overlays for at most this many cases (default 12)"
+    )
+    p.set_defaults(func=commands.cmd_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="the paper's ablation: Attention U-Net vs U-Net with identical folds and schedule",
+        description="Run cross-validation for attention_unet and unet (attention=False) with the same folds, "
+        "seeds and schedule into OUT/attention_unet and OUT/unet, then write OUT/compare.csv and "
+        "OUT/compare.md: Dice, precision, recall, surface distance, parameters and inference time per "
+        "network, with a Wilcoxon signed-rank test on per-case Dice.",
+    )
+    p.add_argument("--manifest", required=True, help="manifest CSV with labels and folds")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--folds", default=None, help="comma-separated folds to run (default all)")
+    _add_config_args(p)
+    p.set_defaults(func=commands.cmd_compare)
+
+    p = sub.add_parser(
         "demo",
         help="run the whole pipeline on synthetic phantoms",
         description="Generate phantoms, write a manifest with folds, and run the pipeline on them with the "

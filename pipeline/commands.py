@@ -24,6 +24,8 @@ __all__ = [
     "cmd_cv",
     "cmd_infer",
     "cmd_evaluate",
+    "cmd_report",
+    "cmd_compare",
 ]
 
 log = logging.getLogger("pancreas_seg")
@@ -225,4 +227,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log.info(
         "%s\nwrote %s", table[["case_id", "dice", "hd95_mm", "assd_mm", "flag"]].to_string(index=False), out
     )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """HTML report of a run."""
+    from pipeline.report import write_report
+
+    path = write_report(args.run, manifest=args.manifest, max_cases=args.max_cases)
+    log.info("report: %s", path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Attention U-Net vs U-Net with identical folds."""
+    from pipeline.compare import run_compare
+
+    table = run_compare(_config(args), args.manifest, args.out, _folds_arg(args.folds))
+    log.info("%s", table)
     return 0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import Config, save_run_config
+from pipeline.config import Config
+from pipeline.cv import format_summary, run_cv
 from pipeline.manifest import assign_folds, describe_folds, write_manifest
 from pipeline.phantom import write_phantoms
 
@@ -18,7 +19,7 @@ log = logging.getLogger("pancreas_seg")
 
 
 def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = None) -> dict:
-    """Generate ``n`` phantoms, a manifest with folds, and (when available) run the pipeline on them.
+    """Generate ``n`` phantoms, a manifest with folds, and run a short cross-validation on them.
 
     Args:
         out: output folder; phantoms go to ``out/data``, the manifest to ``out/data/manifest.csv``.
@@ -39,7 +40,17 @@ def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = N
     df = assign_folds(df, cfg.train.num_folds, seed=seed)
     manifest = write_manifest(df, data_dir / "manifest.csv", root=data_dir)
     log.info("[demo] manifest with %d folds: %s\n%s", cfg.train.num_folds, manifest, describe_folds(df))
-    save_run_config(cfg, out)
-    made = {"data": data_dir, "manifest": manifest, "config": out / "config.yaml"}
+    run_dir = out / "cv"
+    start = time.perf_counter()
+    summary = run_cv(cfg, manifest, run_dir)
+    log.info("[demo] cross-validation in %.1f min", (time.perf_counter() - start) / 60)
+    made = {
+        "data": data_dir,
+        "manifest": manifest,
+        "run": run_dir,
+        "metrics": run_dir / "cv_metrics.csv",
+        "summary": run_dir / "cv_summary.json",
+    }
+    log.info("[demo] held-out Dice per fold and overall:\n%s", format_summary(summary))
     log.info("[demo] done:\n%s", "\n".join(f"  {k}: {v}" for k, v in made.items()))
     return made

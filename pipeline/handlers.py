@@ -46,7 +46,6 @@ class EpochCSVLogger:
         self.evaluator = evaluator
         self._losses: list[float] = []
         self._t0 = 0.0
-        self._last_val_epoch = -1
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._trim)
@@ -97,7 +96,8 @@ class EpochCSVLogger:
     def _epoch(self, engine: Engine) -> None:
         val = best = ""
         ev = self.evaluator
-        if ev is not None and getattr(ev.state, "metrics", None) and ev.state.iteration:
+        # Only epochs whose validation ran get a value (the evaluator's epoch is the trainer's then).
+        if ev is not None and ev.state.iteration and ev.state.epoch == engine.state.epoch:
             val = ev.state.metrics.get("val_dice", "")
             best = ev.state.best_metric if ev.state.best_metric != -1 else ""
         loss = sum(self._losses) / len(self._losses) if self._losses else math.nan

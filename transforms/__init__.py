@@ -15,8 +15,9 @@ from transforms.chains import (
 from transforms.dataset import make_dataset
 from transforms.geometry import BodyCropd, CTSpacingd
 from transforms.intensity import build_intensity
-from transforms.io import DicomSeriesReader, LoadCTd, list_dicom_series, load_volume
+from transforms.io import LoadCTd, load_volume
 from transforms.labels import MapLabelsd, parse_label_map
+from transforms.readers import DicomSeriesReader, NiftiReader, list_dicom_series
 
 __all__ = [
     "build_train_transforms",
@@ -29,6 +30,7 @@ __all__ = [
     "BodyCropd",
     "CTSpacingd",
     "DicomSeriesReader",
+    "NiftiReader",
     "LoadCTd",
     "MapLabelsd",
     "list_dicom_series",

@@ -76,7 +76,9 @@ def resolve_target_spacing(cfg: Config) -> list[float]:
         from pipeline.fingerprint import read_fingerprint  # late: pipeline.fingerprint loads through us
 
         if not cfg.data.fingerprint:
-            raise ConfigError("config key data.fingerprint: required when data.spacing_from_fingerprint is true")
+            raise ConfigError(
+                "config key data.fingerprint: required when data.spacing_from_fingerprint is true"
+            )
         spacing = list(read_fingerprint(cfg.data.fingerprint).get("suggested_target_spacing") or [])
         where = f"{cfg.data.fingerprint}: suggested_target_spacing"
     if len(spacing) != 3 or not all(float(s) > 0 and math.isfinite(float(s)) for s in spacing):
@@ -89,13 +91,15 @@ def _canonical_steps(cfg: Config, keys: list[str], label_required: bool) -> list
     spacing = resolve_target_spacing(cfg)
     orientation = _check_orientation(cfg.data.orientation)
     labels = [k for k in keys if k != "image"]
+    allow_missing = not label_required  # labels only: LoadCTd always requires the image
     steps: list = [
-        LoadCTd(keys, image_key="image", dicom_series=cfg.data.dicom_series, allow_missing_keys=not label_required)
+        LoadCTd(keys, image_key="image", dicom_series=cfg.data.dicom_series, allow_missing_keys=allow_missing)
     ]
     if labels:
-        steps.append(MapLabelsd(labels, allow_missing_keys=not label_required))
-    allow_missing = not label_required
-    steps.append(Orientationd(keys, axcodes=orientation, labels=_AXIS_LABELS, allow_missing_keys=allow_missing))
+        steps.append(MapLabelsd(labels, allow_missing_keys=allow_missing))
+    steps.append(
+        Orientationd(keys, axcodes=orientation, labels=_AXIS_LABELS, allow_missing_keys=allow_missing)
+    )
     if cfg.data.body_crop:
         steps.append(
             BodyCropd(
@@ -145,11 +149,17 @@ def build_val_transforms(cfg: Config) -> CTCompose:
 def _check_patch(cfg: Config) -> list[int]:
     patch = [int(v) for v in cfg.data.patch_size]
     if len(patch) != 3 or min(patch) < 1:
-        raise ConfigError(f"config key data.patch_size: expected three positive sizes, got {cfg.data.patch_size}")
+        raise ConfigError(
+            f"config key data.patch_size: expected three positive sizes, got {cfg.data.patch_size}"
+        )
     if not 0.0 <= cfg.data.pos_fraction <= 1.0:
-        raise ConfigError(f"config key data.pos_fraction: expected a value in [0, 1], got {cfg.data.pos_fraction}")
+        raise ConfigError(
+            f"config key data.pos_fraction: expected a value in [0, 1], got {cfg.data.pos_fraction}"
+        )
     if cfg.data.samples_per_volume < 1:
-        raise ConfigError(f"config key data.samples_per_volume: expected >= 1, got {cfg.data.samples_per_volume}")
+        raise ConfigError(
+            f"config key data.samples_per_volume: expected >= 1, got {cfg.data.samples_per_volume}"
+        )
     return patch
 
 
@@ -173,7 +183,9 @@ def _augmentation(cfg: Config, keys: list[str]) -> list:
         )
     if aug.scale_prob > 0 and list(aug.scale_range) != [1.0, 1.0]:
         if len(aug.scale_range) != 2 or not 0 < aug.scale_range[0] <= aug.scale_range[1]:
-            raise ConfigError(f"config key data.augment.scale_range: expected [min, max] > 0, got {aug.scale_range}")
+            raise ConfigError(
+                f"config key data.augment.scale_range: expected [min, max] > 0, got {aug.scale_range}"
+            )
         steps.append(
             RandZoomd(
                 keys,

@@ -27,9 +27,10 @@ CACHE_VERSION = 1  # bump when the deterministic steps change their output for t
 
 # What a cached volume holds besides tensors and plain types: MONAI's trace keys and the numpy
 # affine that Orientationd records. Allowed only while reading our own cache files.
+_NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
 _CACHE_SAFE_GLOBALS = [
     TraceKeys,
-    np._core.multiarray._reconstruct,
+    _NP_CORE.multiarray._reconstruct,
     np.ndarray,
     np.dtype,
     *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.int16, np.uint8, np.bool_)),
@@ -81,7 +82,9 @@ def cache_key(transform, cfg: Config) -> str:
     return json_hashing(json.loads(json.dumps(payload, default=str))).decode("utf-8")[:16]
 
 
-def make_dataset(records: Sequence[dict], transform, cfg: Config, cache_dir: str | Path | None = None) -> Dataset:
+def make_dataset(
+    records: Sequence[dict], transform, cfg: Config, cache_dir: str | Path | None = None
+) -> Dataset:
     """A MONAI dataset over ``records`` that caches the chain's steps before its first random one.
 
     Args:

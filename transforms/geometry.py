@@ -51,7 +51,9 @@ class BodyCropd(CropForegroundd):
             source image; the box never grows beyond the image.
     """
 
-    def __init__(self, keys, source_key: str = "image", threshold: float = -500.0, margin_mm: float = 10.0, **kwargs):
+    def __init__(
+        self, keys, source_key: str = "image", threshold: float = -500.0, margin_mm: float = 10.0, **kwargs
+    ):
         super().__init__(
             keys,
             source_key=source_key,
@@ -70,7 +72,9 @@ class BodyCropd(CropForegroundd):
         return super().__call__(data, lazy=lazy)
 
 
-def _resample_axis(t: torch.Tensor, axis: int, n_out: int, scale: float, offset: float, mode: str, padding: str):
+def _resample_axis(
+    t: torch.Tensor, axis: int, n_out: int, scale: float, offset: float, mode: str, padding: str
+):
     """Resample dimension ``axis + 1`` of ``t`` at source coordinates ``scale * i + offset``."""
     n = t.shape[axis + 1]
     coords = torch.arange(n_out, dtype=torch.float64) * scale + offset
@@ -116,7 +120,9 @@ def resample_axis_aligned(
     # shrinking axes first keeps the intermediate tensors small
     order = sorted(range(3), key=lambda a: int(out_shape[a]) / out.shape[a + 1])
     for axis in order:
-        out = _resample_axis(out, axis, int(out_shape[axis]), float(scale[axis]), float(offset[axis]), mode, padding_mode)
+        out = _resample_axis(
+            out, axis, int(out_shape[axis]), float(scale[axis]), float(offset[axis]), mode, padding_mode
+        )
     return out
 
 
@@ -125,9 +131,10 @@ class CTSpacingd(Spacingd):
 
     The forward pass is MONAI's. The inverse maps the canonical grid back to the input grid; since
     ``Spacingd`` keeps the input's direction cosines, that map is a per-axis scale and shift, and
-    :func:`resample_axis_aligned` does it in three 1-D passes. MONAI's inverse builds a full
-    coordinate grid with ``affine_grid`` first, which for a 512x512x200 target takes seconds and
-    over a gigabyte. Other cases (rotations, reflection padding) fall back to MONAI's inverse.
+    :func:`resample_axis_aligned` does it in three 1-D passes. MONAI's inverse first builds a full
+    coordinate grid with ``affine_grid`` (12 bytes per output voxel), about 6x slower for a
+    512x512x200 target (``bench/preprocess_speed.py``). Other cases (rotations, reflection
+    padding) fall back to MONAI's inverse.
     """
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict:

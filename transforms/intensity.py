@@ -1,9 +1,9 @@
 """CT intensity normalisation, chosen by ``data.intensity``.
 
 - ``"window"``: clip to ``data.window_hu`` and scale to [0, 1]. The default -100..240 HU is the
-  abdominal soft-tissue window used for pancreas segmentation on NIH Pancreas-CT by Zhou et al.
-  (MICCAI 2017, fixed-point model) and Yu et al. (CVPR 2018, RSTN); it keeps fat, parenchyma and
-  contrast-enhanced vessels apart and flattens air and bone.
+  truncation of the coarse-to-fine pancreas segmentation code on NIH Pancreas-CT (Zhou et al.,
+  MICCAI 2017, and Yu et al., CVPR 2018; their public code clips to [-100, 240]); it keeps fat,
+  parenchyma (40-110 HU) and contrast-enhanced vessels apart and flattens air and bone.
 - ``"fingerprint"``: nnU-Net's CT normalisation (``CTNormalization``): clip to the 0.5 and 99.5
   percentiles of foreground HU pooled over the training set, subtract their mean, divide by their
   standard deviation; the numbers come from the fingerprint JSON (``data.fingerprint``).
@@ -54,7 +54,9 @@ def build_intensity(cfg: Config, keys: KeysCollection = "image") -> MapTransform
     mode = cfg.data.intensity
     if mode == "window":
         if len(cfg.data.window_hu) != 2 or not cfg.data.window_hu[0] < cfg.data.window_hu[1]:
-            raise ConfigError(f"config key data.window_hu: expected [low, high] with low < high, got {cfg.data.window_hu}")
+            raise ConfigError(
+                f"config key data.window_hu: expected [low, high] with low < high, got {cfg.data.window_hu}"
+            )
         lo, hi = (float(v) for v in cfg.data.window_hu)
         return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
     if mode == "fingerprint":
@@ -64,7 +66,11 @@ def build_intensity(cfg: Config, keys: KeysCollection = "image") -> MapTransform
             raise ConfigError("config key data.fingerprint: required when data.intensity is 'fingerprint'")
         lo, hi, mean, std = fingerprint_window(read_fingerprint(cfg.data.fingerprint), cfg.data.fingerprint)
         # clip to [lo, hi] then (x - mean) / std, as one linear map of the clipped range
-        return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True)
+        return ScaleIntensityRanged(
+            keys, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True
+        )
     if mode == "zscore":
         return NormalizeIntensityd(keys, nonzero=False, channel_wise=True)
-    raise ConfigError(f"config key data.intensity: unknown mode {mode!r} (known: {', '.join(INTENSITY_MODES)})")
+    raise ConfigError(
+        f"config key data.intensity: unknown mode {mode!r} (known: {', '.join(INTENSITY_MODES)})"
+    )

@@ -1,40 +1,26 @@
-"""Loading CT scans and labels through MONAI's readers, with checks that name the file.
-
-Readers (all from ``monai.data``):
-
-- a folder is a DICOM series, read by ITK (:class:`DicomSeriesReader`, an ``ITKReader`` that picks
-  the series). ITK applies RescaleSlope/RescaleIntercept, orders slices by position and takes the
-  slice spacing from the positions, not from SliceThickness.
-- ``.nii``/``.nii.gz`` are read by :class:`NiftiReader`, MONAI's ``NibabelReader`` without its header
-  "correction". It uses nibabel's ``img.affine``: the sform when sform_code > 0, else the qform, as
-  the NIfTI standard says, so files with qform_code 0 and sform_code 2 get the right geometry.
-  MONAI's correction (and ITK's reader) would take the voxel size from pixdim, i.e. from the stale
-  qform, when pixdim disagrees with the sform.
-- everything else (NRRD, MHA/MHD, single DICOM files) is read by ``ITKReader``.
-
-Both readers give the affine in RAS world coordinates (ITK's LPS is converted), so images and labels
-from different formats can be compared and reoriented with the same code.
+"""Loading CT scans and labels through MONAI's readers (:mod:`transforms.readers`), with checks
+that name the file: unreadable or corrupt files, wrong dimensionality, NaN voxels, a label on another
+grid. Images become float32 HU; labels are put on the image's voxel grid.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
-import itk
 import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import ITKReader, MetaTensor, NibabelReader
+from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Orientation
 
 from pipeline.errors import ImageError
+from transforms.readers import reader_for
 
-__all__ = ["DicomSeriesReader", "NiftiReader", "LoadCTd", "list_dicom_series", "describe_grid", "load_volume"]
+__all__ = ["LoadCTd", "describe_grid", "load_volume"]
 
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Tolerance for "same grid" between an image and its label, as a fraction of the smallest voxel
 # size: file formats store geometry in float32, so exact equality is too strict, while any real
 # misalignment is a sizeable fraction of a voxel.
@@ -44,142 +30,6 @@ _GRID_TOL = 1e-2
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
-def c_ordered(arr: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
-    """A C-ordered copy of ``arr`` (readers give Fortran order), cast to ``dtype`` on the way.
-
-    MONAI's ``LoadImage`` would make the array contiguous with ``np.ascontiguousarray``, a 3-D
-    transpose that takes ~0.7 s for a 512x512x200 scan; copying slabs of 16 slices through torch is
-    cache-friendly and about three times faster, and does the cast in the same pass.
-    """
-    arr = np.asarray(arr)
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    src = torch.from_numpy(arr) if arr.flags.writeable else torch.from_numpy(arr.copy())
-    dtype = dtype or src.dtype
-    if src.is_contiguous() and src.dtype == dtype:
-        return arr
-    out = torch.empty(src.shape, dtype=dtype)
-    if src.ndim >= 3:
-        for z0 in range(0, src.shape[2], 16):
-            out[:, :, z0 : z0 + 16].copy_(src[:, :, z0 : z0 + 16])
-    else:
-        out.copy_(src)
-    return out.numpy()
-
-
-class _COrderMixin:
-    """Reader mixin: ``get_data`` returns a C-ordered array, cast to ``out_dtype`` (None: as stored)."""
-
-    out_dtype: torch.dtype | None = None
-
-    def get_data(self, img):
-        data, meta = super().get_data(img)
-        return c_ordered(data, self.out_dtype), meta
-
-
-class _ITKReader(_COrderMixin, ITKReader):
-    pass
-
-
-def list_dicom_series(folder: str | os.PathLike) -> list[dict]:
-    """List the DICOM series in a folder (not recursive).
-
-    Args:
-        folder: a folder of DICOM files.
-
-    Returns:
-        One dict per series: ``uid`` (SeriesInstanceUID, may be empty in anonymised data), ``id``
-        (ITK's series identifier, the UID plus acquisition details), ``files`` (sorted by slice
-        position), ``num_slices``.
-    """
-    names = itk.GDCMSeriesFileNames.New()
-    names.SetUseSeriesDetails(True)  # as MONAI's ITKReader: split series that differ in geometry
-    names.AddSeriesRestriction("0008|0021")  # series date
-    names.SetDirectory(str(folder))
-    series = []
-    for sid in names.GetSeriesUIDs():
-        files = list(names.GetFileNames(sid))
-        io = itk.GDCMImageIO.New()
-        io.SetFileName(files[0])
-        io.ReadImageInformation()
-        meta = io.GetMetaDataDictionary()
-        uid = str(meta["0020|000e"]).strip().rstrip("\x00") if meta.HasKey("0020|000e") else ""
-        series.append({"uid": uid, "id": str(sid), "files": files, "num_slices": len(files)})
-    return series
-
-
-def _series_label(s: dict) -> str:
-    name = s["uid"] or f"<no SeriesInstanceUID, id {s['id']}>"
-    return f"{name} ({s['num_slices']} slices)"
-
-
-class DicomSeriesReader(_COrderMixin, ITKReader):
-    """MONAI's ``ITKReader`` for a folder holding one or more DICOM series.
-
-    Args:
-        series_uid: SeriesInstanceUID (or ITK series id) to read when the folder holds several
-            series; ignored when it holds one.
-    """
-
-    def __init__(self, series_uid: str = "", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.series_uid = series_uid
-
-    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
-        return all(Path(f).is_dir() for f in ([filename] if isinstance(filename, (str, Path)) else filename))
-
-    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs):
-        """Read the chosen series of the folder ``data`` as one 3-D ITK image.
-
-        Raises:
-            ImageError: no DICOM series in the folder, or several and none chosen (or not found).
-        """
-        folder = str(data[0] if isinstance(data, (list, tuple)) else data)
-        series = list_dicom_series(folder)
-        if not series:
-            raise ImageError(f"{folder}: folder holds no DICOM series")
-        if len(series) == 1:
-            chosen = series[0]
-        else:
-            found = [s for s in series if self.series_uid and self.series_uid in (s["uid"], s["id"])]
-            listing = "; ".join(_series_label(s) for s in series)
-            if not self.series_uid:
-                raise ImageError(
-                    f"{folder}: folder holds {len(series)} DICOM series, set data.dicom_series to one of: {listing}"
-                )
-            if not found:
-                raise ImageError(f"{folder}: data.dicom_series={self.series_uid} not in folder; it holds: {listing}")
-            chosen = found[0]
-        files = chosen["files"]
-        kwargs_ = {**self.kwargs, **kwargs}
-        return itk.imread(files if len(files) > 1 else files[0], **kwargs_)
-
-
-class NiftiReader(_COrderMixin, NibabelReader):
-    """``NibabelReader`` that trusts the NIfTI header as nibabel reads it (sform first, then qform).
-
-    MONAI's reader passes every file through ``correct_nifti_header_if_necessary``, which replaces an
-    sform whose scales differ from pixdim by the qform even when qform_code is 0 (qform unused).
-    """
-
-    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs):
-        filenames = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        self.filenames = filenames
-        images = [nib.load(str(f), **{**self.kwargs, **kwargs}) for f in filenames]
-        return images if len(images) > 1 else images[0]
-
-
-def _reader_for(path: Path, dicom_series: str, dtype: torch.dtype | None):
-    if path.is_dir():
-        reader = DicomSeriesReader(series_uid=dicom_series)
-    elif path.name.lower().endswith(_NIFTI_SUFFIXES):
-        reader = NiftiReader()
-    else:
-        reader = _ITKReader()
-    reader.out_dtype = dtype
-    return reader
 
 
 def describe_grid(img: MetaTensor) -> str:
@@ -195,11 +45,12 @@ def describe_grid(img: MetaTensor) -> str:
 def _to_channel_first_3d(img: MetaTensor, name: str) -> MetaTensor:
     """Check dimensionality and return a (1, X, Y, Z) tensor."""
     shape = tuple(int(s) for s in img.shape)
+    if img.numel() == 0:
+        header = [int(v) for v in np.asarray(img.meta.get("spatial_shape", shape))]
+        raise ImageError(f"{name}: image has a zero-size axis ({'x'.join(str(v) for v in header or shape)})")
     dims = "x".join(str(s) for s in shape)
     if len(shape) < 3:
         raise ImageError(f"{name}: image is {len(shape)}-D ({dims}); expected a 3-D volume")
-    if any(s == 0 for s in shape):
-        raise ImageError(f"{name}: image has a zero-size axis ({dims})")
     extra = shape[3:]
     if any(s != 1 for s in extra):
         raise ImageError(
@@ -220,7 +71,9 @@ def _clean_meta(meta: Mapping) -> dict:
     """
     out = {
         "affine": torch.as_tensor(np.asarray(meta["affine"], dtype=np.float64)),
-        "original_affine": torch.as_tensor(np.asarray(meta.get("original_affine", meta["affine"]), dtype=np.float64)),
+        "original_affine": torch.as_tensor(
+            np.asarray(meta.get("original_affine", meta["affine"]), dtype=np.float64)
+        ),
         "spatial_shape": [int(v) for v in np.asarray(meta.get("spatial_shape", []))],
         "filename_or_obj": str(meta.get("filename_or_obj", "")),
         "space": str(meta.get("space", "RAS")),
@@ -229,7 +82,9 @@ def _clean_meta(meta: Mapping) -> dict:
     return out
 
 
-def load_volume(path: str | os.PathLike, name: str | None = None, dicom_series: str = "", dtype=torch.float32):
+def load_volume(
+    path: str | os.PathLike, name: str | None = None, dicom_series: str = "", dtype=torch.float32
+):
     """Load one scan or label as a (1, X, Y, Z) MetaTensor with a RAS affine, checked.
 
     Args:
@@ -249,7 +104,7 @@ def load_volume(path: str | os.PathLike, name: str | None = None, dicom_series: 
     name = name or str(path)
     if not p.exists():
         raise ImageError(f"{name}: file not found")
-    reader = _reader_for(p, dicom_series, dtype)
+    reader = reader_for(p, dicom_series, dtype)
     loader = LoadImage(reader=reader, image_only=True, dtype=None)
     try:
         img = loader(str(p), reader=reader)  # as the runtime reader, so its ImageError gets through
@@ -337,7 +192,9 @@ class LoadCTd(MapTransform):
                 continue
             names[key] = str(value)
             is_image = key == self.image_key
-            d[key] = load_volume(value, dicom_series=self.dicom_series, dtype=torch.float32 if is_image else None)
+            d[key] = load_volume(
+                value, dicom_series=self.dicom_series, dtype=torch.float32 if is_image else None
+            )
         if self.image_key in names:
             for key in names:
                 if key != self.image_key:

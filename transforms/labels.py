@@ -87,7 +87,9 @@ class MapLabelsd(MapTransform):
         ManifestError: the label map is malformed.
     """
 
-    def __init__(self, keys: KeysCollection = "label", map_key: str = "label_map", allow_missing_keys: bool = True):
+    def __init__(
+        self, keys: KeysCollection = "label", map_key: str = "label_map", allow_missing_keys: bool = True
+    ):
         super().__init__(keys, allow_missing_keys)
         self.map_key = map_key
 
@@ -100,9 +102,13 @@ class MapLabelsd(MapTransform):
             name = str(getattr(label, "meta", {}).get("filename_or_obj", key))
             mapping = parse_label_map(text, where=name)
             values = unique_values(label)
-            unexpected = [v for v in values if v != 0 and (not float(v).is_integer() or int(v) not in mapping)]
+            unexpected = [
+                v for v in values if v != 0 and (not float(v).is_integer() or int(v) not in mapping)
+            ]
             if unexpected:
-                shown = ", ".join(f"{v:g}" for v in unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
+                shown = ", ".join(f"{v:g}" for v in unexpected[:10]) + (
+                    " ..." if len(unexpected) > 10 else ""
+                )
                 allowed = ", ".join(str(v) for v in sorted({0, *mapping}))
                 raise ImageError(
                     f"{name}: label has unexpected values {shown} (allowed: {allowed}; "

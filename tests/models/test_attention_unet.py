@@ -157,7 +157,13 @@ def test_two_d_variant():
     torch.manual_seed(0)
     model = AttentionUNet(spatial_dims=2, channels=TINY, out_channels=3)
     out = model.train()(torch.randn(2, 1, 64, 48))
-    assert [tuple(o.shape) for o in out] == [(2, 3, 64, 48), (2, 3, 64, 48), (2, 3, 32, 24), (2, 3, 16, 12), (2, 3, 8, 6)]
+    assert [tuple(o.shape) for o in out] == [
+        (2, 3, 64, 48),
+        (2, 3, 64, 48),
+        (2, 3, 32, 24),
+        (2, 3, 16, 12),
+        (2, 3, 8, 6),
+    ]
     model.eval()
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 3, 32, 32)
     assert model.attention_maps(torch.randn(1, 1, 32, 32))["level2_gate1"].shape == (1, 1, 16, 16)

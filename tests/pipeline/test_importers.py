@@ -16,8 +16,9 @@ from pipeline.errors import ManifestError
 from pipeline.folds import read_splits, write_splits
 from pipeline.importers import import_glob, import_msd, import_nih, import_nnunet
 from pipeline.manifest import assign_folds, case_records, read_manifest
+from tests.conftest import SHARED_DATA
 
-DICOM_DIR = Path("/work/shared/data/totalsegmentator/ct_dicom")
+DICOM_DIR = SHARED_DATA / "totalsegmentator" / "ct_dicom"
 if not DICOM_DIR.is_dir():
     DICOM_DIR = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator/ct_dicom"
 

@@ -21,8 +21,9 @@ from pipeline.manifest import (
     validate_manifest,
     write_manifest,
 )
+from tests.conftest import SHARED_DATA
 
-DICOM_DIR = Path("/work/shared/data/totalsegmentator/ct_dicom")
+DICOM_DIR = SHARED_DATA / "totalsegmentator" / "ct_dicom"
 if not DICOM_DIR.is_dir():  # the repository checkout's shared data, wherever it is mounted
     DICOM_DIR = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator/ct_dicom"
 

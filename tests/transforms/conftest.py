@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import Config
+from tests.conftest import SHARED_DATA
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 TOTALSEG = DATA / "totalsegmentator"
 DICOM_DIR = TOTALSEG / "ct_dicom"
 DICOM_MASK = TOTALSEG / "ct_dicom_pancreas.nii.gz"

@@ -75,6 +75,13 @@ def test_4d_with_several_time_points(tmp_path):
     _one_line_error(ei, "t.nii.gz", "4-D", "3 channels")
 
 
+def test_zero_size_axis(tmp_path):
+    path = write_nifti(tmp_path / "empty.nii.gz", np.zeros((0, 5, 5), np.int16), np.eye(4))
+    with pytest.raises(ImageError) as ei:
+        LoadCTd("image")({"image": path})
+    _one_line_error(ei, "empty.nii.gz", "zero-size axis", "0x5x5")
+
+
 def test_4d_with_one_time_point_is_a_volume(tmp_path):
     path = write_nifti(tmp_path / "t1.nii.gz", np.ones((8, 7, 6, 1), np.int16), np.eye(4))
     out = LoadCTd("image")({"image": path})["image"]
@@ -109,7 +116,9 @@ def test_label_on_another_grid(tmp_path):
     label = write_nifti(tmp_path / "lbl.nii.gz", lbl[:, :, :18], affine_for(origin=(-20.0, 15.0, -25.0)))
     with pytest.raises(ImageError) as ei:
         LoadCTd()({"image": image, "label": label})
-    msg = _one_line_error(ei, "lbl.nii.gz", "img.nii.gz", "40x36x20", "40x36x18", "0.8x0.8x2.5", "-25.00", "-30.00")
+    msg = _one_line_error(
+        ei, "lbl.nii.gz", "img.nii.gz", "40x36x20", "40x36x18", "0.8x0.8x2.5", "-25.00", "-30.00"
+    )
     assert msg.count("origin") == 2 and msg.count("spacing") == 2
 
 
@@ -162,9 +171,13 @@ def test_dicom_folder_with_two_series(tmp_path, cfg):
     dcmqi_uid = next(s["uid"] for s in series if s["num_slices"] == 3)
     with pytest.raises(ImageError) as ei:
         LoadCTd("image")({"image": str(folder)})
-    _one_line_error(ei, str(folder), "2 DICOM series", dcmqi_uid, "(3 slices)", "(20 slices)", "data.dicom_series")
+    _one_line_error(
+        ei, str(folder), "2 DICOM series", dcmqi_uid, "(3 slices)", "(20 slices)", "data.dicom_series"
+    )
 
     cfg.data.dicom_series = dcmqi_uid
+    raw = LoadCTd("image", dicom_series=dcmqi_uid)({"image": str(folder)})["image"]
+    assert float(raw.min()) == -3024.0  # stored padding -2000 + RescaleIntercept -1024: rescale applied
     cfg.data.target_spacing = [4.0, 4.0, 1.0]
     out = build_infer_transforms(cfg)({"image": str(folder)})["image"]
     assert out.meta["spatial_shape"] == [512, 512, 3]

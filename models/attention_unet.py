@@ -25,9 +25,11 @@ class AttentionUNet(nn.Module):
     gating signal, each finer one by the decoder output one level coarser. Deep supervision: a 1^d
     conv head on every decoder output, each upsampled to full resolution, concatenated and fused by a
     1^d conv into the logits. ``attention=False`` is the paper's U-Net baseline: plain skips, no gate
-    or gating-signal modules at all (the authors' ``unet_CT_dsv_3D``). With the default channels the
-    parameter counts equal the authors' models: 6,473,322 (two gates), 6,214,151 (one gate),
-    5,888,004 (``attention=False``).
+    or gating-signal modules at all (the authors' ``unet_CT_dsv_3D``). With the default channels and
+    ``out_channels=4`` (the authors' CT-150 setting: background, pancreas, spleen, kidney) the
+    parameter counts equal the authors' models: 6,473,322 (two gates per level), 6,214,151 (one
+    gate), 5,888,004 (``attention=False``); with our default ``out_channels=2`` each is 538 fewer
+    (only the heads and their fusion depend on the classes).
 
     Outputs: in training mode with ``deep_supervision=True`` a list ``[fused, head_1, ..., head_L-1]``
     (fused logits first, then the heads from finest to coarsest) for
@@ -50,6 +52,17 @@ class AttentionUNet(nn.Module):
           depths and widths.
         - MONAI's ``AttentionUnet`` (a different design: same-resolution gates on every level, no
           deep supervision, transposed convs) is not used.
+        - Kaiming init as the authors (conv weights N(0, 2/fan_in), BN weights N(1, 0.02)); conv
+          biases keep PyTorch's default init, as in the authors' code.
+
+    Implementation notes (the same function, computed faster; see ``bench/model_speed.py``):
+        - The gates of one level run as one module with stacked convs, and ``W(alpha*x)`` is
+          computed as ``alpha*(W_lin x) + b`` (:class:`~models.attention_gate.GridAttentionGate`).
+        - 1^d convs to a few channels (heads, fusion) run as matrix products on contiguous
+          inputs; linear resampling keeps channels-last gradients channels-last and runs in the
+          input's dtype under autocast (:mod:`models.blocks`).
+        - For inference, :func:`models.blocks.fold_batch_norm` folds the batch norms into the
+          convolutions (``pipeline.runtime.prepare_model(..., inference=True)``).
 
     Args:
         spatial_dims: 2 or 3.

@@ -19,7 +19,6 @@ __all__ = [
     "conv_type",
     "norm_type",
     "pool_type",
-    "interp_mode",
     "resize_to",
     "init_weights",
     "fold_batch_norm",
@@ -53,19 +52,13 @@ def pool_type(spatial_dims: int) -> type[nn.Module]:
     return nn.MaxPool3d if spatial_dims == 3 else nn.MaxPool2d
 
 
-def interp_mode(spatial_dims: int) -> str:
-    """``"trilinear"`` in 3-D, ``"bilinear"`` in 2-D."""
-    _check_dims(spatial_dims)
-    return "trilinear" if spatial_dims == 3 else "bilinear"
-
-
 class _Resize(torch.autograd.Function):
     """Linear resampling whose backward keeps the gradient's channels-last layout.
 
     The gradient reaching an upsampling through ``torch.cat`` is a channel slice; PyTorch's own
     backward then falls back to the slow contiguous (NCDHW) kernel, which cost more than the
     convolution next to it in a channels-last training step. Making the slice channels-last
-    contiguous first is 5-7x faster.
+    contiguous first made it ~10x faster (2x32x64^3, bf16).
     """
 
     @staticmethod

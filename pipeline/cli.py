@@ -243,6 +243,8 @@ def _setup_logging(debug: bool) -> None:
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         for name in ("ignite", "monai", "matplotlib", "PIL"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # MONAI warns at every reader construction when pydicom is installed without nvImageCodec.
+        logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 def _one_line(text: str) -> str:

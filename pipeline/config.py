@@ -117,6 +117,8 @@ class TrainConfig:
     num_folds: int = 5
     seed: int = 0
     deterministic: bool = True
+    mlflow: bool = False  # also log to MLflow (optional package: pip install mlflow) besides TensorBoard
+    mlflow_uri: str = ""  # MLflow tracking URI; empty: sqlite:///<run>/mlruns.db, artifacts in <run>/mlruns
 
 
 @dataclass
@@ -127,11 +129,14 @@ class InferConfig:
     overlap: float = 0.5
     mode: str = "gaussian"
     sw_batch_size: int = 2
+    # "auto": on CPUs channels_last_3d, plus bf16 autocast where native (masks agree with fp32 at
+    # Dice >= 0.99, bench/infer_speed.py); perf.* on CUDA. "fp32": no autocast. "bf16": always
+    precision: str = "auto"
     tta_flip: bool = False
     keep_largest_component: bool = False
     cpu_stitch_voxels: int = 64_000_000  # stitch on the CPU above this many output voxels
-    save_probabilities: bool = False
-    dicom_seg: bool = False
+    save_probabilities: bool = False  # also write <case>_prob.<ext>: float32 foreground probability
+    dicom_seg: bool = False  # DICOM series inputs: also write <case>_seg.dcm (needs highdicom)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 Run folder (the contract in DESIGN.md)::
 
     <run>/config.yaml                 resolved config + versions + git commit
+    <run>/manifest.csv                the cases of the run (absolute paths)
     <run>/fold_<k>/checkpoints/       see pipeline.train
     <run>/fold_<k>/log.csv
     <run>/fold_<k>/predictions/       held-out masks on each scan's own grid and format
@@ -123,7 +124,7 @@ def run_cv(
     cfg: Config, manifest: str | os.PathLike, run_dir: str | os.PathLike, folds: Sequence[int] | None = None
 ) -> dict:
     """Run (or resume) cross-validation over ``folds`` (default: every fold in the manifest)."""
-    from pipeline.manifest import case_records, read_manifest
+    from pipeline.manifest import case_records, read_manifest, write_manifest
 
     df = read_manifest(manifest, require_labels=True)
     records = case_records(df)
@@ -135,6 +136,7 @@ def run_cv(
     if unknown:
         raise ManifestError(f"{manifest}: fold(s) {unknown} have no cases (folds present: {present})")
     run_dir = prepare_run_dir(cfg, run_dir)
+    write_manifest(df, run_dir / "manifest.csv")  # the cases this run used (absolute paths), for reports
     for k in todo:
         if (run_dir / f"fold_{k}" / "DONE").exists():
             log.info("fold %d: already done, skipping", k)

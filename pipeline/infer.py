@@ -1,28 +1,39 @@
-"""Sliding-window inference on whole scans, mapped back onto each scan's exact grid.
+"""``pancreas-seg infer``: sliding-window inference on whole scans, mapped back onto each scan's grid.
 
 One code path serves ``pancreas-seg infer`` and cross-validation's held-out predictions:
-:class:`Predictor` (an ensemble of one or more networks with the preprocessing they were trained
-with) and :func:`predict_cases` (batch over records: skip finished cases, isolate failures, write
-``timings.csv``).
+:func:`load_predictor` (one checkpoint, or every fold's best checkpoint of a CV run as an ensemble),
+:class:`~pipeline.predictor.Predictor` (one scan) and :func:`predict_cases` (a batch: skip finished
+cases, isolate failures, write ``timings.csv``). Per case it writes ``<case_id><ext>`` in the
+input's format (NIfTI for a DICOM series), optionally ``<case_id>_prob<ext>`` and, for DICOM
+series, ``<case_id>_seg.dcm``; each file goes to a temporary name first and the mask is renamed
+into place last, so an existing mask means a finished case.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
 from pipeline.config import Config
-from pipeline.errors import PipelineError
+from pipeline.errors import CheckpointError, ConfigError, ImageError, PipelineError
+from pipeline.predictor import Prediction, Predictor
 from pipeline.writers import output_path, save_like
 
-__all__ = ["Predictor", "predict_cases", "TIMING_COLUMNS"]
+__all__ = [
+    "Prediction",
+    "Predictor",
+    "TIMING_COLUMNS",
+    "discover_inputs",
+    "load_predictor",
+    "predict_cases",
+]
 
 log = logging.getLogger("pancreas_seg")
 TIMING_COLUMNS = (
@@ -38,106 +49,182 @@ TIMING_COLUMNS = (
 )
 
 
+# ------------------------------------------------------------------------------ memory
+def _reset_peak_rss() -> bool:
+    try:  # Linux: "5" resets this process's peak RSS (VmHWM), so each case gets its own peak
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_mb() -> float:
-    import resource
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    import resource  # elsewhere: the process's peak so far
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class Predictor:
-    """An ensemble of networks plus the preprocessing they were trained with.
+# ------------------------------------------------------------------------------ inputs
+def _scan_record(path: Path) -> dict | None:
+    from pipeline.manifest import IMAGE_EXTENSIONS, is_dicom_folder
 
-    Args:
-        networks: trained networks (eval mode); their softmax outputs are averaged.
-        cfg: the training config (data.* decides the canonical grid; infer.* the sliding window).
+    if path.is_dir():
+        return {"case_id": path.name, "image": str(path.resolve())} if is_dicom_folder(path) else None
+    low = path.name.lower()
+    for end in IMAGE_EXTENSIONS:
+        if low.endswith(end) and not path.name.startswith("."):
+            return {"case_id": path.name[: -len(end)], "image": str(path.resolve())}
+    return None
+
+
+def discover_inputs(path: str | os.PathLike) -> list[dict]:
+    """Records ``{"case_id", "image"}`` from a scan file, a DICOM series folder, a folder of scans
+    and series folders, or a manifest CSV (its labels, if any, are ignored).
+
+    Raises:
+        ImageError: nothing usable at ``path``, or two scans that would get the same case id.
+        ManifestError: a manifest that does not validate.
     """
+    from pipeline.manifest import IMAGE_EXTENSIONS, case_records, read_manifest
 
-    def __init__(self, networks: Sequence[torch.nn.Module], cfg: Config):
-        from pipeline.runtime import prepare_model, select_device
-        from transforms import build_infer_transforms
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return case_records(read_manifest(path))
+    if not path.exists():
+        raise ImageError(f"{path}: no such file or folder")
+    one = _scan_record(path)
+    if one is not None:
+        return [one]
+    if path.is_file():
+        kinds = ", ".join(IMAGE_EXTENSIONS)
+        raise ImageError(f"{path}: not a scan (expected {kinds}, a DICOM series folder or a manifest .csv)")
+    records = [r for p in sorted(path.iterdir()) if (r := _scan_record(p)) is not None]
+    if not records:
+        raise ImageError(f"{path}: no scans found (NIfTI, NRRD, MHA or DICOM series folders)")
+    seen: dict[str, str] = {}
+    for r in records:
+        if r["case_id"] in seen:
+            raise ImageError(
+                f"{path}: {Path(seen[r['case_id']]).name} and {Path(r['image']).name} would both be "
+                f"case {r['case_id']}; rename one or list the cases in a manifest"
+            )
+        seen[r["case_id"]] = r["image"]
+    return records
 
-        self.cfg = cfg
-        self.device = select_device(cfg.perf)
-        self.networks = [prepare_model(n.eval(), self.device, cfg.perf) for n in networks]
-        self.transform = build_infer_transforms(cfg)
-        self._network_seconds = 0.0
 
-    def _run_network(self, window: torch.Tensor) -> torch.Tensor:
-        from pipeline.runtime import autocast_context, prepare_input
+# ------------------------------------------------------------------------------ model
+def _checkpoint_paths(model: Path) -> list[Path]:
+    if model.is_file():
+        return [model]
+    if not model.is_dir():
+        raise CheckpointError(f"{model}: no such checkpoint file or run folder")
+    folds = sorted(d for d in model.glob("fold_*") if d.is_dir())
+    if folds:
+        paths = [d / "checkpoints" / "best.pt" for d in folds if (d / "checkpoints" / "best.pt").is_file()]
+        missing = [d.name for d in folds if not (d / "checkpoints" / "best.pt").is_file()]
+        if paths and missing:
+            log.warning(
+                "warning: %s: no best.pt in %s; ensembling the other folds", model, ", ".join(missing)
+            )
+        if paths:
+            return paths
+    for candidate in (model / "checkpoints" / "best.pt", model / "best.pt"):
+        if candidate.is_file():
+            return [candidate]
+    raise CheckpointError(f"{model}: no fold_*/checkpoints/best.pt (or best.pt) in this folder")
 
-        t0 = time.perf_counter()
-        x = prepare_input(window, self.cfg.perf)
-        probs = None
-        with torch.inference_mode(), autocast_context(self.device, self.cfg.perf):
-            flips = [()]
-            if self.cfg.infer.tta_flip:
-                flips += [(2,), (3,), (2, 3)]  # the in-plane axes, as in the training augmentation
-            for net in self.networks:
-                for dims in flips:
-                    xi = torch.flip(x, dims) if dims else x
-                    p = torch.softmax(net(xi).float(), dim=1)
-                    p = torch.flip(p, dims) if dims else p
-                    probs = p if probs is None else probs + p
-        self._network_seconds += time.perf_counter() - t0
-        return probs / (len(self.networks) * len(flips))
 
-    def predict(self, record: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict]:
-        """Predict one case.
+def _config_for(paths: list[Path], run_dir: Path | None) -> Config:
+    """The training config: the run's config.yaml, else the one stored in the checkpoints."""
+    from pipeline.checkpoint import load_checkpoint, model_config_from_checkpoint
+    from pipeline.config import config_to_dict, load_config, update_config
 
-        Returns:
-            (mask uint8 on the input grid, foreground probability on the input grid or None,
-            the input's affine, timings in seconds).
-        """
-        from monai.data import MetaTensor
-        from monai.inferers import SlidingWindowInferer
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml")
+    configs = []
+    for p in paths:
+        ckpt = load_checkpoint(p)
+        if ckpt.get("config"):
+            configs.append((p, update_config(Config(), ckpt["config"])))
+        else:
+            cfg = Config()
+            cfg.model = model_config_from_checkpoint(ckpt, str(p))
+            log.warning("warning: %s stores no config; assuming the default preprocessing (data.*)", p)
+            configs.append((p, cfg))
+    first_path, first = configs[0]
+    for p, cfg in configs[1:]:
+        a, b = config_to_dict(first)["data"], config_to_dict(cfg)["data"]
+        diff = [k for k in a if a[k] != b.get(k)]
+        if diff:
+            raise CheckpointError(
+                f"{p}: trained with other preprocessing than {first_path} ({', '.join('data.' + k for k in diff[:4])}); "
+                "an ensemble needs one"
+            )
+    return first
 
-        from transforms import invert_to_original
 
-        t = {}
-        t0 = time.perf_counter()
-        data = self.transform({"image": record["image"], "case_id": record.get("case_id", "")}, end=1)
-        t["load_s"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        data = self.transform(data, start=1)
-        t["preprocess_s"] = time.perf_counter() - t1
-        image: MetaTensor = data["image"]
-        cfg = self.cfg.infer
-        roi = list(cfg.roi_size or self.cfg.data.patch_size)
-        big = int(np.prod(image.shape[1:])) * self.cfg.model.out_channels > cfg.cpu_stitch_voxels
-        inferer = SlidingWindowInferer(
-            roi,
-            cfg.sw_batch_size,
-            cfg.overlap,
-            mode=cfg.mode,
-            sw_device=self.device,
-            device=torch.device("cpu") if big else self.device,
-            progress=False,
+def load_predictor(
+    model: str | os.PathLike | Sequence[str | os.PathLike], overrides: Sequence[str] | None = None
+) -> Predictor:
+    """A :class:`Predictor` from a CV run folder (every fold's ``best.pt``, softmax averaged), one
+    checkpoint file, or a list of checkpoint files (an ensemble).
+
+    The preprocessing is the one the checkpoints were trained with (the run's ``config.yaml`` or
+    the config stored in the checkpoint); ``overrides`` (``infer.*``, ``perf.*``) change only how
+    inference runs. Checkpoints are loaded with ``weights_only=True``: a file that needs
+    unpickling is refused.
+
+    Raises:
+        CheckpointError: no checkpoint found, an untrusted/corrupt file, or a checkpoint of another
+            network than the run's (or than the ensemble's first).
+        ConfigError: an override outside ``infer.*``/``perf.*`` or an invalid value.
+    """
+    from pipeline.checkpoint import load_network
+    from pipeline.config import apply_overrides
+
+    items = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+    if not items:
+        raise CheckpointError("no checkpoint given")
+    paths = [p for item in items for p in _checkpoint_paths(Path(item))]
+    run_dir = Path(items[0]) if len(items) == 1 and Path(items[0]).is_dir() else None
+    cfg = _config_for(paths, run_dir)
+    for item in overrides or []:
+        if not item.split("=", 1)[0].strip().startswith(("infer.", "perf.")):
+            raise ConfigError(f"--set {item}: only infer.* and perf.* can change at inference time")
+    apply_overrides(cfg, list(overrides or []))
+    nets = [load_network(p, expect=cfg.model)[0] for p in paths]
+    log.info("model: %d network(s) from %s", len(nets), ", ".join(str(i) for i in items))
+    return Predictor(nets, cfg)
+
+
+# ------------------------------------------------------------------------------ batch
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".write_test"):
+            pass
+    except OSError as exc:
+        raise PipelineError(f"{out_dir}: output folder cannot be written ({exc.strerror or exc})") from None
+
+
+def _save_outputs(pred: Prediction, rec: dict, out_dir: Path, predictor: Predictor) -> Path:
+    """Write the extras first and the mask last (its presence marks a finished case)."""
+    case, image = rec["case_id"], rec["image"]
+    if pred.probability is not None:
+        save_like(pred.probability, pred.affine, output_path(out_dir, case, image, "_prob"), image)
+    if predictor.cfg.infer.dicom_seg and Path(image).is_dir():
+        from pipeline.dicom_seg import SEG_SUFFIX, write_dicom_seg
+
+        write_dicom_seg(
+            pred.mask, pred.affine, image, out_dir / f"{case}{SEG_SUFFIX}", predictor.cfg.data.dicom_series
         )
-        self._network_seconds = 0.0
-        t2 = time.perf_counter()
-        with torch.inference_mode():
-            probs = inferer(image.as_tensor()[None].to(self.device), self._run_network)[0].cpu()
-        total_sw = time.perf_counter() - t2
-        t["network_s"] = self._network_seconds
-        t["stitch_s"] = max(total_sw - self._network_seconds, 0.0)
-        t3 = time.perf_counter()
-        data["pred"] = MetaTensor(
-            probs, affine=image.affine, meta=image.meta, applied_operations=image.applied_operations
-        )
-        data = invert_to_original(data, self.transform, keys=("pred",), nearest=False)
-        prob = torch.as_tensor(data["pred"]).float()
-        mask = prob.argmax(0).to(torch.uint8).numpy()
-        if self.cfg.infer.keep_largest_component and mask.any():
-            from monai.transforms import KeepLargestConnectedComponent
-
-            mask = np.asarray(KeepLargestConnectedComponent(applied_labels=[1])(torch.as_tensor(mask[None])))[
-                0
-            ]
-            mask = mask.astype(np.uint8)
-        fg = prob[1:].sum(0).numpy() if self.cfg.infer.save_probabilities else None
-        affine = np.asarray(data["image"].meta.get("original_affine", data["pred"].affine))
-        t["invert_s"] = time.perf_counter() - t3
-        return mask, fg, affine, t
+    return save_like(pred.mask, pred.affine, output_path(out_dir, case, image), reference=image)
 
 
 def predict_cases(
@@ -147,54 +234,90 @@ def predict_cases(
     overwrite: bool = False,
     timings_name: str = "timings.csv",
 ) -> dict:
-    """Predict every record into ``out_dir``; returns ``{"written": [...], "skipped": [...], "failed": {case: msg}}``.
+    """Predict every record into ``out_dir``, with a progress bar on a terminal.
 
-    A case whose output exists is skipped unless ``overwrite``; a case that fails is reported and
-    the others still run. Per-case timings go to ``out_dir/timings.csv``.
+    A case whose mask exists is skipped unless ``overwrite``; a case that fails is logged and the
+    others still run. Per-case timings (:data:`TIMING_COLUMNS`) are merged into ``out_dir/timings.csv``.
+
+    Returns:
+        ``{"written": [mask paths], "skipped": [mask paths], "failed": {case_id: message}}``.
+
+    Raises:
+        PipelineError: ``out_dir`` cannot be created or written (checked before any case runs), or
+            a write fails midway (disk full); ConfigError: DICOM SEG asked for without highdicom.
     """
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(out_dir)
+    if predictor.cfg.infer.dicom_seg and any(Path(r["image"]).is_dir() for r in records):
+        from pipeline.dicom_seg import require_highdicom
+
+        require_highdicom()
     written, skipped, failed, rows = [], [], {}, []
-    for rec in tqdm(records, desc="infer", unit="case", disable=not _tty()):
-        case = rec["case_id"]
-        target = output_path(out_dir, case, rec["image"])
-        if target.exists() and not overwrite:
-            skipped.append(target)
-            continue
-        try:
-            start = time.perf_counter()
-            mask, fg, affine, t = predictor.predict(rec)
-            t4 = time.perf_counter()
-            save_like(mask, affine, target, reference=rec["image"])
-            if fg is not None:
-                save_like(
-                    fg.astype(np.float32),
-                    affine,
-                    output_path(out_dir, case, rec["image"], "_prob"),
-                    rec["image"],
-                )
-            t["save_s"] = time.perf_counter() - t4
-            t["total_s"] = time.perf_counter() - start
-            rows.append({"case_id": case, **t, "peak_rss_mb": _peak_rss_mb()})
-            written.append(target)
-            log.info("%s: %s (%.1f s)", case, target, t["total_s"])
-        except PipelineError as exc:
-            failed[case] = f"{type(exc).__name__}: {exc}"
-            log.error("%s: failed: %s", case, failed[case])
-    if rows:
-        _append_timings(out_dir / timings_name, rows)
+    tty = _tty()
+    try:
+        with logging_redirect_tqdm() if tty else contextlib.nullcontext():  # log lines above the bar
+            for rec in tqdm(records, desc="infer", unit="case", disable=not tty):
+                case = str(rec["case_id"])
+                target = output_path(out_dir, case, rec["image"])
+                if target.exists() and not overwrite:
+                    skipped.append(target)
+                    continue
+                row = _predict_one(predictor, rec, out_dir, failed)
+                if row is not None:
+                    rows.append(row)
+                    written.append(target)
+    finally:
+        if rows:
+            _merge_timings(out_dir / timings_name, rows)
+    if skipped:
+        log.info("%d case(s) skipped: output exists (use --overwrite to recompute)", len(skipped))
     return {"written": written, "skipped": skipped, "failed": failed}
 
 
-def _append_timings(path: Path, rows: list[dict]) -> None:
+def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -> dict | None:
+    """Predict and save one case; a failure goes into ``failed`` and returns None."""
+    case = str(rec["case_id"])
+    _reset_peak_rss()
+    start = time.perf_counter()
+    try:
+        pred = predictor.predict(rec)
+    except PipelineError as exc:
+        failed[case] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one odd scan must not stop a batch
+        failed[case] = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        log.debug("%s: traceback", case, exc_info=True)
+    if case in failed:
+        log.error("%s: failed: %s", case, failed[case])
+        return None
+    t_save = time.perf_counter()
+    try:
+        target = _save_outputs(pred, rec, out_dir, predictor)
+    except PipelineError as exc:  # e.g. a DICOM SEG that cannot reference its series
+        failed[case] = f"{type(exc).__name__}: {exc}"
+        log.error("%s: failed: %s", case, failed[case])
+        return None
+    except OSError as exc:  # the folder was writable a moment ago: disk full, removed, ...
+        raise PipelineError(
+            f"{out_dir}: cannot write the outputs of {case} ({exc.strerror or exc})"
+        ) from None
+    t = {**pred.timings, "save_s": time.perf_counter() - t_save, "total_s": time.perf_counter() - start}
+    log.info("%s: %s (%.1f s)", case, target, t["total_s"])
+    return {"case_id": case, **t, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _merge_timings(path: Path, rows: list[dict]) -> None:
     new = pd.DataFrame(rows, columns=list(TIMING_COLUMNS))
     if path.exists():
-        old = pd.read_csv(path)
-        new = pd.concat([old[~old["case_id"].isin(new["case_id"])], new], ignore_index=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    new.to_csv(tmp, index=False, float_format="%.4f")
+        try:
+            old = pd.read_csv(path, dtype={"case_id": str})
+            new = pd.concat([old[~old["case_id"].isin(new["case_id"])], new], ignore_index=True)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError):
+            log.warning("warning: %s is not a timings table; replacing it", path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    new[list(TIMING_COLUMNS)].to_csv(tmp, index=False, float_format="%.4f")
     os.replace(tmp, path)
 
 
@@ -202,85 +325,3 @@ def _tty() -> bool:
     import sys
 
     return sys.stderr.isatty()
-
-
-_SCAN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def _is_dicom_dir(folder: Path) -> bool:
-    for p in sorted(folder.iterdir())[:20]:
-        if p.is_file():
-            if p.suffix.lower() == ".dcm":
-                return True
-            with p.open("rb") as f:
-                if f.read(132)[128:] == b"DICM":
-                    return True
-    return False
-
-
-def discover_inputs(path: str | os.PathLike) -> list[dict]:
-    """Records to predict from a scan file, a DICOM series folder, a folder of scans, or a manifest CSV.
-
-    Raises:
-        PipelineError: nothing usable at ``path``.
-    """
-    from pipeline.errors import ImageError
-
-    path = Path(path)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        from pipeline.manifest import case_records, read_manifest
-
-        return case_records(read_manifest(path))
-    if path.is_file():
-        name = path.name
-        for end in _SCAN_ENDINGS:
-            if name.lower().endswith(end):
-                return [{"case_id": name[: -len(end)], "image": str(path.resolve())}]
-        raise ImageError(
-            f"{path}: not a scan (expected {', '.join(_SCAN_ENDINGS)}, a DICOM folder or a manifest .csv)"
-        )
-    if not path.is_dir():
-        raise ImageError(f"{path}: no such file or folder")
-    if _is_dicom_dir(path):
-        return [{"case_id": path.name, "image": str(path.resolve())}]
-    records = []
-    for p in sorted(path.iterdir()):
-        if p.is_dir() and _is_dicom_dir(p):
-            records.append({"case_id": p.name, "image": str(p.resolve())})
-        elif p.is_file() and not p.name.startswith("."):
-            for end in _SCAN_ENDINGS:
-                if p.name.lower().endswith(end) and end != ".raw":
-                    records.append({"case_id": p.name[: -len(end)], "image": str(p.resolve())})
-                    break
-    if not records:
-        raise ImageError(f"{path}: no scans found (NIfTI, NRRD, MHA or DICOM series folders)")
-    return records
-
-
-def load_predictor(model: str | os.PathLike, overrides: Sequence[str] | None = None) -> Predictor:
-    """A :class:`Predictor` from a CV run folder (every fold's best.pt, averaged) or one checkpoint file.
-
-    The preprocessing is the one the checkpoints were trained with; ``overrides`` (``infer.*``,
-    ``perf.*``) change only how inference runs.
-    """
-    from pipeline.checkpoint import load_checkpoint, load_network
-    from pipeline.config import Config, apply_overrides, load_config, update_config
-    from pipeline.errors import CheckpointError
-
-    model = Path(model)
-    if model.is_dir():
-        paths = sorted(model.glob("fold_*/checkpoints/best.pt"))
-        if not paths:
-            raise CheckpointError(f"{model}: no fold_*/checkpoints/best.pt in this run folder")
-        cfg = load_config(model / "config.yaml") if (model / "config.yaml").exists() else None
-    else:
-        paths, cfg = [model], None
-    if cfg is None:
-        cfg = update_config(Config(), load_checkpoint(paths[0]).get("config") or {})
-    for item in overrides or []:
-        if not item.split("=", 1)[0].strip().startswith(("infer.", "perf.")):
-            raise CheckpointError(f"--set {item}: only infer.* and perf.* can change at inference time")
-    apply_overrides(cfg, list(overrides or []))
-    nets = [load_network(p, expect=cfg.model)[0] for p in paths]
-    log.info("model: %d network(s) from %s", len(nets), model)
-    return Predictor(nets, cfg)

@@ -18,17 +18,36 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pipeline.checkpoint import latest_checkpoint
-from pipeline.config import Config
+from pipeline.config import Config, config_to_dict
 from pipeline.errors import ManifestError
 from pipeline.handlers import AtomicCheckpointer, AutocastInferer, EpochCSVLogger, EpochReseeder
 
-__all__ = ["split_records", "build_loss", "build_optimizer", "build_scheduler", "train_fold"]
+__all__ = [
+    "FoldEngines",
+    "split_records",
+    "build_loss",
+    "build_optimizer",
+    "build_scheduler",
+    "build_engines",
+    "train_fold",
+]
 
 log = logging.getLogger("pancreas_seg")
+
+
+@dataclasses.dataclass
+class FoldEngines:
+    """What :func:`build_engines` makes for one fold."""
+
+    trainer: Any
+    evaluator: Any
+    objects: dict  # name -> object with state_dict(): network, optimizer, lr_scheduler, trainer
+    checkpoint_dir: Path
 
 
 def split_records(records: list[dict], fold: int, source: str = "manifest") -> tuple[list[dict], list[dict]]:
@@ -105,14 +124,10 @@ def _prepare_batch_fn(channels_last: bool):
     return prepare
 
 
-def train_fold(
-    cfg: Config, records: list[dict], fold: int, fold_dir: str | Path, resume: bool = True
-) -> dict:
-    """Train one fold; resumes from ``fold_dir/checkpoints`` when possible.
-
-    Returns:
-        ``{"best": path, "final": path, "epochs": int, "best_val_dice": float}``.
-    """
+def build_engines(
+    cfg: Config, train_recs: list[dict], val_recs: list[dict], fold_dir: str | Path
+) -> FoldEngines:
+    """The trainer and evaluator of one fold with all handlers attached (nothing is run yet)."""
     from monai.data import DataLoader
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
     from monai.handlers import (
@@ -135,7 +150,6 @@ def train_fold(
 
     fold_dir = Path(fold_dir)
     ckpt_dir = fold_dir / "checkpoints"
-    train_recs, val_recs = split_records(records, fold)
     set_threads(cfg.perf)
     set_determinism(seed=cfg.train.seed)
     device = select_device(cfg.perf)
@@ -201,7 +215,12 @@ def train_fold(
     ValidationHandler(validator=evaluator, interval=cfg.train.val_interval, epoch_level=True).attach(trainer)
     EpochCSVLogger(fold_dir / "log.csv", optimizer, evaluator).attach(trainer)
     AtomicCheckpointer(
-        ckpt_dir, objects, model_cfg, cfg.train.checkpoint_interval, evaluator=evaluator
+        ckpt_dir,
+        objects,
+        model_cfg,
+        cfg.train.checkpoint_interval,
+        evaluator=evaluator,
+        run_config=config_to_dict(cfg),
     ).attach(trainer)
     TensorBoardStatsHandler(
         log_dir=str(fold_dir / "tensorboard"), output_transform=from_engine(["loss"], first=True)
@@ -219,11 +238,25 @@ def train_fold(
         ).attach(evaluator)
     _attach_progress(trainer, evaluator)
 
+    return FoldEngines(trainer, evaluator, objects, ckpt_dir)
+
+
+def train_fold(
+    cfg: Config, records: list[dict], fold: int, fold_dir: str | Path, resume: bool = True
+) -> dict:
+    """Train one fold; resumes from ``fold_dir/checkpoints`` when possible.
+
+    Returns:
+        ``{"best": path, "final": path, "epochs": int, "best_val_dice": float}``.
+    """
+    train_recs, val_recs = split_records(records, fold)
+    eng = build_engines(cfg, train_recs, val_recs, fold_dir)
+    trainer, evaluator, ckpt_dir = eng.trainer, eng.evaluator, eng.checkpoint_dir
     if resume and (found := latest_checkpoint(ckpt_dir)):
         path, ckpt = found
         from ignite.handlers import Checkpoint
 
-        Checkpoint.load_objects(to_load=objects, checkpoint=ckpt)
+        Checkpoint.load_objects(to_load=eng.objects, checkpoint=ckpt)
         trainer.state.max_epochs = cfg.train.epochs  # as MONAI's CheckpointLoader: the config decides
         evaluator.state.best_metric = ckpt.get("best_metric", -1)
         evaluator.state.best_metric_epoch = ckpt.get("best_metric_epoch", -1)

@@ -1,8 +1,9 @@
 """Write masks on the input scan's exact grid and in its format.
 
 NIfTI inputs: the output reuses the input's NIfTI header (sform, qform and their codes), so the
-mask opens exactly on top of the scan. NRRD/MHA inputs and DICOM series (written as NIfTI):
-ITK writes spacing, origin and direction derived from the scan's affine.
+mask opens exactly on top of the scan. NRRD/MHA inputs: ITK writes the spacing, origin and
+direction read from the input's own header (bit-for-bit the same geometry). DICOM series (written
+as NIfTI) and files without a reference: the geometry comes from the scan's RAS affine.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["output_suffix", "output_path", "save_like"]
+from pipeline.errors import ImageError
+
+__all__ = ["output_suffix", "output_path", "save_like", "itk_geometry"]
 
 _NIFTI = (".nii.gz", ".nii")
-_ITK = (".nrrd", ".mha", ".mhd", ".nhdr")
+_ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def output_suffix(image_path: str | os.PathLike) -> str:
     """File ending for a prediction of ``image_path``: the input's format; NIfTI for a DICOM series."""
     name = str(image_path).lower()
-    for ext in (*_NIFTI, ".nrrd", ".nhdr", ".mha", ".mhd"):
+    for ext in (*_NIFTI, *_ITK):
         if name.endswith(ext):
             return {".nhdr": ".nrrd", ".mhd": ".mha"}.get(ext, ext)
     return ".nii.gz"
@@ -36,8 +39,29 @@ def output_path(
 
 def _tmp(path: Path) -> Path:
     # keep the real suffix so the writer picks the right format
-    suffix = "".join(s for s in path.suffixes[-2:] if s in (".nii", ".gz", ".nrrd", ".mha"))
-    return path.with_name(f".{path.name[: -len(suffix)] if suffix else path.name}.tmp{suffix}")
+    name = path.name
+    suffix = next((s for s in (*_NIFTI, *_ITK, ".dcm") if name.lower().endswith(s)), "")
+    stem = name[: len(name) - len(suffix)]
+    return path.with_name(f".{stem}.{os.getpid()}.tmp{name[len(stem) :]}")
+
+
+def itk_geometry(path: str | os.PathLike) -> dict:
+    """Size, spacing, origin (LPS mm) and direction (3x3, columns = axes) from an ITK-readable
+    file's header, without reading its voxels."""
+    import itk
+
+    io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        raise ImageError(f"{path}: ITK cannot read this file")
+    io.SetFileName(str(path))
+    io.ReadImageInformation()
+    n = io.GetNumberOfDimensions()
+    return {
+        "size": [int(io.GetDimensions(i)) for i in range(n)],
+        "spacing": [float(io.GetSpacing(i)) for i in range(n)],
+        "origin": [float(io.GetOrigin(i)) for i in range(n)],
+        "direction": np.array([io.GetDirection(i) for i in range(n)], dtype=np.float64).T,
+    }
 
 
 def save_like(
@@ -52,51 +76,71 @@ def save_like(
         array: the mask or probability map on the input's grid.
         affine: the input's RAS affine (MONAI's ``original_affine``/``affine`` of the loaded scan).
         out_path: target file; its suffix chooses the format.
-        reference: the input file; a NIfTI reference lends its header.
+        reference: the input file; a NIfTI or NRRD/MHA reference lends its header's geometry.
 
     Returns:
         The written path.
+
+    Raises:
+        ImageError: ``array``'s shape is not the reference's.
+        OSError: the file cannot be written (nothing is left behind).
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(out_path)
     array = np.asarray(array)
+    ref = str(reference) if reference else ""
     try:
-        if str(out_path).endswith(_NIFTI):
-            _save_nifti(array, affine, tmp, reference)
+        if str(out_path).lower().endswith(_NIFTI):
+            _save_nifti(array, affine, tmp, ref if ref.lower().endswith(_NIFTI) else "")
         else:
-            _save_itk(array, affine, tmp)
+            _save_itk(array, affine, tmp, ref if ref.lower().endswith(_ITK) else "")
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, reference) -> None:
+def _check_shape(array: np.ndarray, shape, ref: str) -> None:
+    if tuple(int(s) for s in shape[:3]) != tuple(array.shape[:3]):
+        raise ImageError(
+            f"{ref}: output shape {'x'.join(map(str, array.shape))} is not the scan's "
+            f"{'x'.join(str(int(s)) for s in shape[:3])}"
+        )
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> None:
     import nibabel as nib
 
-    ref = str(reference) if reference else ""
-    if ref.lower().endswith(_NIFTI):
+    if ref:
         hdr = nib.load(ref).header.copy()
+        _check_shape(array, hdr.get_data_shape(), ref)
         img = nib.Nifti1Image(array, None, header=hdr)  # None: keep the reference's sform/qform as stored
         img.header.set_data_dtype(array.dtype)
         img.header.set_slope_inter(1.0, 0.0)
         img.header["cal_min"], img.header["cal_max"] = 0, 0
     else:
-        img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
-        img.set_qform(np.asarray(affine, dtype=np.float64), code=1)
-        img.set_sform(np.asarray(affine, dtype=np.float64), code=1)
+        aff = np.asarray(affine, dtype=np.float64)
+        img = nib.Nifti1Image(array, aff)
+        img.set_qform(aff, code=1)
+        img.set_sform(aff, code=1)
+        img.header.set_xyzt_units("mm", "sec")
     nib.save(img, str(path))
 
 
-def _save_itk(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def _save_itk(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> None:
     import itk
 
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    direction = lps[:3, :3] / spacing
+    if ref:
+        geo = itk_geometry(ref)
+        _check_shape(array, geo["size"], ref)
+        spacing, origin, direction = geo["spacing"][:3], geo["origin"][:3], geo["direction"][:3, :3]
+    else:
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
+        spacing = np.linalg.norm(lps[:3, :3], axis=0).tolist()
+        origin, direction = lps[:3, 3].tolist(), lps[:3, :3] / spacing
     img = itk.image_from_array(np.ascontiguousarray(array.transpose(2, 1, 0)))  # ITK arrays are (z, y, x)
-    img.SetSpacing(spacing.tolist())
-    img.SetOrigin(lps[:3, 3].tolist())
-    img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(o) for o in origin])
+    img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction, dtype=np.float64)))
     itk.imwrite(img, str(path), compression=True)

@@ -50,6 +50,20 @@ def overfit(phantom) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
     start, best, steps = time.perf_counter(), 0.0, 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(
+        1
+    )  # a tiny network gains nothing from a 2nd thread, and loses much on a busy machine
+    try:
+        best, steps = _train(model, opt, loss_fn, image, label)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return {"model": model, "dice": best, "steps": steps, "seconds": time.perf_counter() - start}
+
+
+def _train(model, opt, loss_fn, image, label) -> tuple[float, int]:
+    best, steps = 0.0, 0
     for steps in range(1, 301):
         model.train()
         loss = loss_fn(model(image), label.float())
@@ -62,5 +76,4 @@ def overfit(phantom) -> dict:
                 best = dice(model(image).argmax(1, keepdim=True), label)
             if best > 0.95:
                 break
-    model.eval()
-    return {"model": model, "dice": best, "steps": steps, "seconds": time.perf_counter() - start}
+    return best, steps

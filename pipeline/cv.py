@@ -34,6 +34,8 @@ __all__ = ["prepare_run_dir", "run_fold", "aggregate", "run_cv"]
 log = logging.getLogger("pancreas_seg")
 # Sections that change what a fold computes; a run folder must not mix two of them.
 _PINNED = ("data", "model", "train")
+# ... except settings that only change where logs go, how data is fed, or how long to train.
+_UNPINNED = {"mlflow", "mlflow_uri", "epochs", "early_stopping_patience", "num_workers", "cache", "cache_dir"}
 
 
 def prepare_run_dir(cfg: Config, run_dir: str | os.PathLike) -> Path:
@@ -51,7 +53,10 @@ def prepare_run_dir(cfg: Config, run_dir: str | os.PathLike) -> Path:
             old = {}
         new = config_to_dict(cfg)
         diff = [
-            f"{s}.{k}" for s in _PINNED for k in new[s] if s in old and k in old[s] and old[s][k] != new[s][k]
+            f"{s}.{k}"
+            for s in _PINNED
+            for k in new[s]
+            if s in old and k in old[s] and old[s][k] != new[s][k] and k not in _UNPINNED
         ]
         if diff:
             raise ConfigError(

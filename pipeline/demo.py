@@ -19,7 +19,7 @@ log = logging.getLogger("pancreas_seg")
 
 
 def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = None) -> dict:
-    """Generate ``n`` phantoms, a manifest with folds, and run a short cross-validation on them.
+    """Generate ``n`` phantoms, a manifest with folds, run a short cross-validation, write the report.
 
     Args:
         out: output folder; phantoms go to ``out/data``, the manifest to ``out/data/manifest.csv``.
@@ -44,13 +44,18 @@ def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = N
     start = time.perf_counter()
     summary = run_cv(cfg, manifest, run_dir)
     log.info("[demo] cross-validation in %.1f min", (time.perf_counter() - start) / 60)
+    from pipeline.report import write_report  # matplotlib: imported only when the report is made
+
+    report = write_report(run_dir)
     made = {
         "data": data_dir,
         "manifest": manifest,
         "run": run_dir,
         "metrics": run_dir / "cv_metrics.csv",
         "summary": run_dir / "cv_summary.json",
+        "report": report,
     }
     log.info("[demo] held-out Dice per fold and overall:\n%s", format_summary(summary))
     log.info("[demo] done:\n%s", "\n".join(f"  {k}: {v}" for k, v in made.items()))
+    log.info("[demo] open the report: %s", report)
     return made

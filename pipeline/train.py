@@ -146,6 +146,7 @@ def build_engines(
 
     from models import build_model
     from pipeline.runtime import autocast_context, prepare_model, select_device, set_threads
+    from pipeline.tracking import attach_mlflow
     from transforms import build_train_transforms, build_val_transforms, make_dataset
 
     fold_dir = Path(fold_dir)
@@ -229,6 +230,7 @@ def build_engines(
         evaluator
     )
     StatsHandler(name="pancreas_seg.stats", iteration_log=False, epoch_log=False).attach(trainer)
+    attach_mlflow(trainer, evaluator, cfg, fold_dir.parent, fold_dir.name)  # no-op unless train.mlflow
     if cfg.train.early_stopping_patience > 0:
         EarlyStopHandler(
             patience=cfg.train.early_stopping_patience,

@@ -173,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component")
     p.add_argument("--probabilities", action="store_true", help="also write the pancreas probability map")
     p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="for DICOM series inputs, also write a DICOM SEG referencing the series (needs highdicom)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="auto (default): channels-last + bf16 on CPUs with native bf16, else float32",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",

@@ -185,6 +185,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     overrides += ["infer.tta_flip=true"] if args.tta else []
     overrides += ["infer.keep_largest_component=true"] if args.keep_largest else []
     overrides += ["infer.save_probabilities=true"] if args.probabilities else []
+    overrides += ["infer.dicom_seg=true"] if args.dicom_seg else []
+    overrides += [f"infer.precision={args.precision}"] if args.precision else []
     records = discover_inputs(args.input)
     predictor = load_predictor(args.model, overrides)
     out = predict_cases(predictor, records, args.out, overwrite=args.overwrite)

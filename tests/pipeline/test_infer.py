@@ -320,7 +320,7 @@ def test_flip_tta_and_largest_component(tmp_path, ckpts):
     assert keep_largest_component(np.zeros_like(two_blobs)).sum() == 0
 
     # flip TTA averages over the in-plane flips, so flipping the input flips the output exactly
-    x = torch.randn(1, 1, 32, 32, 32)
+    x = torch.randn(1, 1, 16, 16, 16)
     for tta in (True, False):
         predictor = load_predictor(ckpts[0], [f"infer.tta_flip={tta}", "infer.precision=fp32"])
         with torch.inference_mode():
@@ -329,7 +329,7 @@ def test_flip_tta_and_largest_component(tmp_path, ckpts):
         assert (gap < 1e-5) if tta else (gap > 1e-4)
 
     image, _ = _phantom(tmp_path, "a")
-    predictor = load_predictor(ckpts[0], ["infer.tta_flip=true", "infer.keep_largest_component=true"])
+    predictor = load_predictor(ckpts[0], ["infer.keep_largest_component=true", "infer.precision=fp32"])
     out = predictor.predict({"image": str(image)})
     from scipy import ndimage
 
@@ -350,7 +350,7 @@ def test_window_follows_thin_volumes_and_must_fit_the_network(ckpts):
 def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
     import pipeline.runtime as runtime
 
-    cfg, cpu = tiny_config(), torch.device("cpu")
+    cfg, cpu = tiny_config(perf__bf16="false", perf__channels_last="false"), torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
     perf = inference_perf(cfg, cpu)
     assert perf.bf16 and perf.channels_last

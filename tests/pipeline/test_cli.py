@@ -7,7 +7,18 @@ import pytest
 
 from pipeline.cli import build_parser, main
 
-COMMANDS = ["phantoms", "manifest", "folds", "fingerprint", "model-info", "train", "cv", "infer", "evaluate", "demo"]
+COMMANDS = [
+    "phantoms",
+    "manifest",
+    "folds",
+    "fingerprint",
+    "model-info",
+    "train",
+    "cv",
+    "infer",
+    "evaluate",
+    "demo",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -55,7 +55,20 @@ def test_cv_end_to_end_run_folder_contract(tiny_dataset, tmp_path):
 
     # Evaluating the held-out predictions again gives the same numbers.
     out = tmp_path / "again.csv"
-    assert main(["evaluate", "--pred", str(run / "fold_0" / "predictions"), "--manifest", str(tiny_dataset), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(run / "fold_0" / "predictions"),
+                "--manifest",
+                str(tiny_dataset),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     again = pd.read_csv(out).set_index("case_id")["dice"]
     fold0 = pd.read_csv(run / "fold_0" / "metrics.csv").set_index("case_id")["dice"]
     pd.testing.assert_series_equal(again.loc[fold0.index], fold0, check_exact=False, rtol=1e-6)
@@ -105,7 +118,11 @@ def test_cv_errors(tiny_dataset, tmp_path):
     unlabelled.loc[0, "label"] = ""
     path = tmp_path / "nolabel.csv"
     unlabelled.drop(columns=["label_map"]).to_csv(path, index=False)
-    path.write_text(path.read_text().replace("images/", f"{tiny_dataset.parent}/images/").replace("labels/", f"{tiny_dataset.parent}/labels/"))
+    path.write_text(
+        path.read_text()
+        .replace("images/", f"{tiny_dataset.parent}/images/")
+        .replace("labels/", f"{tiny_dataset.parent}/labels/")
+    )
     with pytest.raises(ManifestError, match="label"):
         run_cv(tiny_config(), path, tmp_path / "run1")
     with pytest.raises(ManifestError, match=r"fold\(s\) \[5\] have no cases"):
@@ -118,9 +135,18 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 
     cfg = tiny_config()
     net = build_model(cfg.model)
-    path = save_checkpoint({"model": {"name": "unet", "channels": [4, 8, 16, 32, 64]}, "network": net.state_dict()}, tmp_path / "x.pt")
+    path = save_checkpoint(
+        {"model": {"name": "unet", "channels": [4, 8, 16, 32, 64]}, "network": net.state_dict()},
+        tmp_path / "x.pt",
+    )
     with pytest.raises(CheckpointError, match="another network"):
         load_network(path, expect=cfg.model)
-    path = save_checkpoint({"model": {"name": "attention_unet", "channels": [4, 8, 16, 32, 64]}, "network": {"w": torch.ones(2)}}, tmp_path / "y.pt")
+    path = save_checkpoint(
+        {
+            "model": {"name": "attention_unet", "channels": [4, 8, 16, 32, 64]},
+            "network": {"w": torch.ones(2)},
+        },
+        tmp_path / "y.pt",
+    )
     with pytest.raises(CheckpointError, match="do not fit"):
         load_network(path)

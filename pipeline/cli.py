@@ -38,6 +38,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cv_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments shared by the commands that run cross-validation (cv, compare)."""
+    p.add_argument("--manifest", required=True, help="manifest CSV with labels and folds")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--folds", default=None, help="comma-separated folds to run, e.g. 0,2 (default all)")
+    _add_config_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``pancreas-seg`` with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -150,10 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "windows on their own grids, and evaluate. Writes RUN/cv_metrics.csv and RUN/cv_summary.json. "
         "Re-running skips finished folds (DONE) and resumes the one in progress.",
     )
-    p.add_argument("--manifest", required=True, help="manifest CSV with labels and folds")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--folds", default=None, help="comma-separated folds to run, e.g. 0,2 (default all)")
-    _add_config_args(p)
+    _add_cv_args(p, "run folder")
     p.set_defaults(func=commands.cmd_cv)
 
     p = sub.add_parser(
@@ -225,10 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/compare.md: Dice, precision, recall, surface distance, parameters and inference time per "
         "network, with a Wilcoxon signed-rank test on per-case Dice.",
     )
-    p.add_argument("--manifest", required=True, help="manifest CSV with labels and folds")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--folds", default=None, help="comma-separated folds to run (default all)")
-    _add_config_args(p)
+    _add_cv_args(p, "output folder")
     p.set_defaults(func=commands.cmd_compare)
 
     p = sub.add_parser(

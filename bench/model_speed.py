@@ -184,10 +184,10 @@ def main() -> None:
         "--compile", action="store_true", help="also time torch.compile (slow to compile on a CPU)"
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--no-huge-pages", action="store_true", help="keep the allocator's default pages")
+    ap.add_argument("--huge-pages", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 for all models")
     args = ap.parse_args()
     device = torch.device(args.device)
-    configure_process(PerfConfig(threads=args.threads, huge_pages=not args.no_huge_pages))
+    configure_process(PerfConfig(threads=args.threads, huge_pages=args.huge_pages))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels (all models)
     repeats = args.repeats or (

@@ -149,7 +149,7 @@ class PerfConfig:
     amp: bool = True  # fp16/bf16 autocast on CUDA
     compile: bool = False  # torch.compile
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    huge_pages: bool = True  # transparent huge pages for large CPU tensors (THP_MEM_ALLOC_ENABLE)
+    huge_pages: bool = False  # transparent huge pages for large CPU tensors (THP_MEM_ALLOC_ENABLE)
 
 
 @dataclass

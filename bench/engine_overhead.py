@@ -8,13 +8,17 @@ Three loops, same network, loss, optimizer, patch size and patches per step, in 
 3. ``engine+data``: ``pipeline.train.build_engines`` exactly as training builds it, on cached
    phantom volumes: patch sampling, augmentation, collation, reseeding, logging, checkpoint hooks.
 
-Run: ``.venv/bin/python bench/engine_overhead.py [--steps 30] [--patch 64 64 32]``. Not a test.
+Each loop runs ``--repeats`` times, interleaved; the table shows medians.
+
+Run: ``.venv/bin/python bench/engine_overhead.py [--steps 30] [--repeats 3] [--patch 64 64 32]``.
+Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -118,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patch", type=int, nargs=3, default=[64, 64, 32])
     parser.add_argument("--channels", type=int, nargs=5, default=[8, 16, 32, 64, 128])
     args = parser.parse_args()
@@ -133,14 +138,16 @@ def main() -> None:
         cases = write_phantoms(tmp / "data", n=4, seed=0, shape=(128, 128, 48))
         df = pd.DataFrame([{k: c[k] for k in ("case_id", "subject_id", "image", "label")} for c in cases])
         records = case_records(read_manifest(write_manifest(df, tmp / "data" / "m.csv", root=tmp / "data")))
-        rates = {
-            "bare": bare(cfg, args.steps, args.warmup),
-            "engine": engine_in_memory(cfg, args.steps, args.warmup),
-            "engine+data": engine_full(cfg, records, args.steps, args.warmup, tmp / "fold"),
-        }
+        runs: dict[str, list[float]] = {"bare": [], "engine": [], "engine+data": []}
+        for r in range(args.repeats):  # interleaved, so drift in machine load hits every loop alike
+            runs["bare"].append(bare(cfg, args.steps, args.warmup))
+            runs["engine"].append(engine_in_memory(cfg, args.steps, args.warmup))
+            runs["engine+data"].append(engine_full(cfg, records, args.steps, args.warmup, tmp / f"fold{r}"))
+        rates = {name: statistics.median(v) for name, v in runs.items()}
     print(
         f"patch {args.patch}, channels {args.channels}, {cfg.train.batch_size} patches/step, "
-        f"{torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup} warm-up"
+        f"{torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup} warm-up, "
+        f"median of {args.repeats} interleaved repeats"
     )
     print(f"{'loop':<12} {'patches/s':>10} {'time vs bare':>13} {'overhead':>9}")
     for name, rate in rates.items():

@@ -28,6 +28,7 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "model_config_from_checkpoint",
+    "check_network",
     "load_network",
 ]
 
@@ -36,13 +37,21 @@ log = logging.getLogger("pancreas_seg")
 _EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
 
 
+class _UnreadableCheckpoint(CheckpointError):
+    """Truncated or corrupt (e.g. killed mid-write elsewhere): resume may fall back to an older one."""
+
+
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
     """Save ``payload`` (plus the format tag) to ``path`` via a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, SIGTERM from torchrun, Ctrl-C: leave no partial file
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -64,18 +73,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 f"{path}: refused: the file needs pickling to load (it may run code); only plain "
                 "tensor checkpoints are accepted"
             ) from None
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt: {msg.splitlines()[0][:120]})"
+        first = msg.splitlines()[0][:120] if msg else type(exc).__name__
+        raise _UnreadableCheckpoint(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {first})"
         ) from None
     if not isinstance(ckpt, dict) or "network" not in ckpt:
         raise CheckpointError(f"{path}: not a pancreas-seg checkpoint (no 'network' weights)")
     return ckpt
 
 
-def latest_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict] | None:
+def latest_checkpoint(
+    folder: str | os.PathLike, expect: ModelConfig | None = None
+) -> tuple[Path, dict] | None:
     """The newest readable ``epoch_N.pt`` in ``folder`` and its contents, or None.
 
-    A truncated or unreadable newest file is skipped with a warning and the previous one is used.
+    A truncated or unreadable newest file is skipped with a warning and the previous one is used
+    (a kill mid-write elsewhere). A file that is refused is not skipped: training on from an older
+    one (or from scratch) would silently drop what the user meant to resume.
+
+    Args:
+        folder: a fold's ``checkpoints`` folder.
+        expect: if given, the checkpoint must be of this network (see :func:`check_network`).
+
+    Raises:
+        CheckpointError: the newest file needs unpickling (untrusted), is not a pancreas-seg
+            checkpoint, or is of another network than ``expect``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -86,9 +108,13 @@ def latest_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict] | None:
     )
     for _, path in found:
         try:
-            return path, load_checkpoint(path)
-        except CheckpointError as exc:
+            ckpt = load_checkpoint(path)
+        except _UnreadableCheckpoint as exc:
             log.warning("warning: %s; falling back to the previous checkpoint", exc)
+            continue
+        if expect is not None:
+            check_network(ckpt, expect, str(path))
+        return path, ckpt
     return None
 
 
@@ -103,6 +129,41 @@ def model_config_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> Mode
 
 def _plain(value):
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_network(ckpt: dict, expect: ModelConfig, source: str = "checkpoint") -> ModelConfig:
+    """Check that a checkpoint holds the network ``expect`` describes.
+
+    Returns:
+        The checkpoint's :class:`ModelConfig`.
+
+    Raises:
+        CheckpointError: no model description, another network (name, channels, classes, gates,
+            deep supervision), or weights whose names or shapes do not fit that network.
+    """
+    mcfg = model_config_from_checkpoint(ckpt, source)
+    keys = ("name", "channels", "out_channels", "in_channels", "spatial_dims")
+    keys += ("gates_per_level", "deep_supervision", "multiclass_attention")
+    for key in keys:
+        got, want = _plain(getattr(mcfg, key)), _plain(getattr(expect, key))
+        if got != want:
+            raise CheckpointError(
+                f"{source}: checkpoint is of another network ({key}={got!r}, expected {want!r})"
+            )
+    weights = ckpt.get("network")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{source}: the checkpoint's network weights are not a state dict of tensors")
+    from models import build_model
+
+    with torch.device("meta"):  # shapes only, nothing allocated
+        wanted = {k: tuple(v.shape) for k, v in build_model(mcfg).state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in weights.items()}
+    if stored != wanted:
+        odd = sorted(set(stored) ^ set(wanted)) or [k for k in wanted if stored[k] != wanted[k]]
+        raise CheckpointError(
+            f"{source}: weights do not fit network {mcfg.name!r} ({len(odd)} tensors differ, e.g. {odd[0]})"
+        )
+    return mcfg
 
 
 def load_network(path: str | os.PathLike, expect: ModelConfig | None = None, map_location="cpu"):
@@ -122,14 +183,8 @@ def load_network(path: str | os.PathLike, expect: ModelConfig | None = None, map
     from models import build_model
 
     ckpt = load_checkpoint(path, map_location)
-    mcfg = model_config_from_checkpoint(ckpt, str(path))
-    if expect is not None:
-        for key in ("name", "channels", "out_channels", "in_channels", "spatial_dims"):
-            got, want = _plain(getattr(mcfg, key)), _plain(getattr(expect, key))
-            if got != want:
-                raise CheckpointError(
-                    f"{path}: checkpoint is of another network ({key}={got!r}, expected {want!r})"
-                )
+    mcfg = check_network(ckpt, expect, str(path)) if expect is not None else None
+    mcfg = mcfg or model_config_from_checkpoint(ckpt, str(path))
     net = build_model(mcfg)
     try:
         net.load_state_dict(ckpt["network"], strict=True)

@@ -20,6 +20,8 @@ __all__ = ["build_parser", "main"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+# Subcommands that split their work across the processes of a torchrun job.
+TORCHRUN_COMMANDS = frozenset({"train", "cv", "compare", "infer"})
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -156,9 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="k-fold cross-validation with per-case metrics",
         description="For each fold: train on the other folds, predict the held-out scans with sliding "
         "windows on their own grids, and evaluate. Writes RUN/cv_metrics.csv and RUN/cv_summary.json. "
-        "Re-running skips finished folds (DONE) and resumes the one in progress.",
+        "Re-running skips finished folds (DONE) and resumes the one in progress. Under torchrun all "
+        "processes train each fold together (DDP). Several processes or torchrun jobs may share one run "
+        "folder when each runs other --folds.",
     )
     _add_cv_args(p, "run folder")
+    p.add_argument(
+        "--parallel-folds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the folds as N processes at once (one GPU each when there are GPUs, else the CPU "
+        "cores shared); each fold logs to RUN/fold_K/cv.log",
+    )
     p.set_defaults(func=commands.cmd_cv)
 
     p = sub.add_parser(
@@ -256,6 +268,8 @@ def _setup_logging(debug: bool) -> None:
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         for name in ("ignite", "monai", "matplotlib", "PIL"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # ignite's engines log every exception before re-raising it; the CLI reports it in one line.
+        logging.getLogger("ignite.engine").setLevel(logging.CRITICAL)
         # MONAI warns at every reader construction when pydicom is installed without nvImageCodec.
         logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
@@ -264,13 +278,29 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Run the subcommand; under torchrun only those that know how to share the work."""
+    from pipeline import distributed
+    from pipeline.errors import ConfigError
+
+    if distributed.launched() and args.command not in TORCHRUN_COMMANDS:
+        raise ConfigError(
+            f"pancreas-seg {args.command} runs as one process; under torchrun use one of "
+            f"{', '.join(sorted(TORCHRUN_COMMANDS))}"
+        )
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        distributed.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pancreas-seg``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.debug)
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
     except PipelineError as exc:
         if args.debug:
             raise
@@ -288,6 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback
         if args.debug:
             raise
+        from pipeline import distributed
+
+        if (lost := distributed.describe_failure(exc)) is not None:
+            print(f"pancreas-seg: {lost}", file=sys.stderr)
+            return EXIT_INTERNAL_ERROR
         print(
             f"pancreas-seg: internal error: {type(exc).__name__}: {_one_line(exc)} "
             "(re-run with --debug for the traceback and please report it)",

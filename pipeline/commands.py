@@ -150,12 +150,14 @@ def _folds_arg(text: str | None) -> list[int] | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one fold."""
+    from pipeline import distributed
     from pipeline.cv import prepare_run_dir
     from pipeline.manifest import case_records, read_manifest
     from pipeline.train import train_fold
 
     cfg = _config(args)
     df = read_manifest(args.manifest, require_labels=True)
+    distributed.join(cfg.perf)
     run = prepare_run_dir(cfg, args.out)
     result = train_fold(cfg, case_records(df), args.fold, run / f"fold_{args.fold}")
     log.info(
@@ -172,13 +174,26 @@ def cmd_cv(args: argparse.Namespace) -> int:
     """Cross-validation."""
     from pipeline.cv import run_cv
 
-    run_cv(_config(args), args.manifest, args.out, _folds_arg(args.folds))
+    cfg, folds = _config(args), _folds_arg(args.folds)
+    if args.parallel_folds:
+        from pipeline.manifest import read_manifest
+        from pipeline.parallel_folds import run_parallel_folds
+
+        if folds is None:
+            df = read_manifest(args.manifest, require_labels=True)
+            folds = sorted({int(f) for f in df["fold"].dropna() if int(f) >= 0})
+        run_parallel_folds(
+            cfg, args.manifest, args.out, folds, args.parallel_folds, args.config, args.overrides
+        )
+    else:
+        run_cv(cfg, args.manifest, args.out, folds)
     log.info("wrote %s/cv_metrics.csv and %s/cv_summary.json", args.out, args.out)
     return 0
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
     """Inference on full scans."""
+    from pipeline import distributed
     from pipeline.infer import discover_inputs, load_predictor, predict_cases
 
     overrides = list(args.overrides)
@@ -189,6 +204,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     overrides += [f"infer.precision={args.precision}"] if args.precision else []
     records = discover_inputs(args.input)
     predictor = load_predictor(args.model, overrides)
+    distributed.join(predictor.cfg.perf)
     out = predict_cases(predictor, records, args.out, overwrite=args.overwrite)
     log.info(
         "%d written, %d skipped (exist), %d failed -> %s",

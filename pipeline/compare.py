@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import distributed as dist
 from pipeline.config import Config
 from pipeline.errors import ManifestError
 
@@ -60,9 +61,10 @@ def run_compare(
         net_cfg.model.name = name
         run_cv(net_cfg, manifest, out / name, list(folds) or None)
     table, test = compare_runs({name: out / name for name in NETWORKS}, folds, cfg)
-    _atomic_write(out / "compare.csv", table.to_csv(index=False, float_format="%.6g"))
     text = format_markdown(table, test, cfg, folds)
-    _atomic_write(out / "compare.md", text)
+    if dist.is_main():  # under torchrun rank 0 writes
+        _atomic_write(out / "compare.csv", table.to_csv(index=False, float_format="%.6g"))
+        _atomic_write(out / "compare.md", text)
     return text
 
 

@@ -14,22 +14,30 @@ Run folder (the contract in DESIGN.md)::
 
 A killed ``cv`` re-run with the same arguments skips folds with ``DONE`` and resumes the fold in
 progress from its newest checkpoint.
+
+Several processes may share one run folder when each runs other folds (``--folds``, or
+``--parallel-folds``; see :mod:`pipeline.parallel_folds`): a fold is claimed with a lock file
+(``fold_<k>/.lock``), so two processes never train the same fold, and the aggregation into
+``cv_metrics.csv`` / ``cv_summary.json`` is serialised, so the last fold to finish writes a table
+with every finished fold. Under ``torchrun`` all ranks run each fold together and rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from pipeline import distributed as dist
 from pipeline.config import Config, config_to_dict, save_run_config
 from pipeline.errors import ConfigError, ManifestError
 
-__all__ = ["prepare_run_dir", "run_fold", "aggregate", "run_cv"]
+__all__ = ["prepare_run_dir", "claim_fold", "run_fold", "aggregate", "run_cv", "format_summary"]
 
 log = logging.getLogger("pancreas_seg")
 # Sections that change what a fold computes; a run folder must not mix two of them.
@@ -63,10 +71,55 @@ def prepare_run_dir(cfg: Config, run_dir: str | os.PathLike) -> Path:
                 f"{saved}: this run folder was made with other settings ({', '.join(diff[:6])}); "
                 "use a new --out or the same config to resume"
             )
-    else:
+    elif dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_run_config(cfg, run_dir)
+    dist.barrier()
     return run_dir
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, blocking: bool) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (released when the process ends, even by SIGKILL).
+
+    Yields False when ``blocking`` is off and another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking, as before
+        yield True
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def claim_fold(fold_dir: Path) -> Iterator[None]:
+    """Hold ``fold_dir/.lock`` while the fold runs (rank 0 holds it for a torchrun job).
+
+    Raises:
+        ConfigError: another process is running this fold into the same run folder.
+    """
+    with (
+        _file_lock(fold_dir / ".lock", blocking=False)
+        if dist.is_main()
+        else contextlib.nullcontext(True) as got
+    ):
+        if dist.any_across_ranks(not got):
+            raise ConfigError(
+                f"{fold_dir}: another process is running this fold; give each process its own "
+                "--folds, or wait for it to finish"
+            )
+        yield
 
 
 def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.DataFrame:
@@ -74,6 +127,7 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
     from pipeline.checkpoint import load_network
     from pipeline.evaluate import evaluate_cases, write_table
     from pipeline.infer import Predictor, predict_cases
+    from pipeline.manifest import atomic_write_text
     from pipeline.train import split_records, train_fold
     from pipeline.writers import output_path
 
@@ -82,7 +136,7 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
     result = train_fold(cfg, records, fold, fold_dir)
     net, _, _ = load_network(result["best"], expect=cfg.model)
     pred_dir = fold_dir / "predictions"
-    outcome = predict_cases(Predictor([net], cfg), val, pred_dir)
+    outcome = predict_cases(Predictor([net], cfg), val, pred_dir)  # sharded by rank under torchrun
     if outcome["failed"]:
         first = next(iter(outcome["failed"].items()))
         raise ManifestError(
@@ -98,18 +152,31 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
         }
         for r in val
     ]
-    table = evaluate_cases(pairs)
-    write_table(table, fold_dir / "metrics.csv")
-    (fold_dir / "DONE").write_text(f"best_val_dice={result['best_val_dice']:.6f} epochs={result['epochs']}\n")
+    table = evaluate_cases(dist.shard(pairs))  # each rank evaluates its share
+    table = pd.concat(dist.all_gather_objects(table), ignore_index=True)
+    if dist.is_main():
+        order = {r["case_id"]: i for i, r in enumerate(pairs)}
+        table = table.sort_values("case_id", key=lambda c: c.map(order), ignore_index=True)
+        write_table(table, fold_dir / "metrics.csv")
+        done = f"best_val_dice={result['best_val_dice']:.6f} epochs={result['epochs']}\n"
+        atomic_write_text(fold_dir / "DONE", done)
+    dist.barrier()
     log.info("fold %d done: mean Dice %.4f over %d cases", fold, table["dice"].mean(), len(table))
     return table
 
 
 def aggregate(run_dir: str | os.PathLike) -> dict:
     """Collect every finished fold's metrics into ``cv_metrics.csv`` and ``cv_summary.json``."""
-    from pipeline.evaluate import summarize, write_summary, write_table
 
     run_dir = Path(run_dir)
+    # Serialised: with several processes sharing the run folder the last one includes every fold.
+    with _file_lock(run_dir / ".aggregate.lock", blocking=True):
+        return _aggregate(run_dir)
+
+
+def _aggregate(run_dir: Path) -> dict:
+    from pipeline.evaluate import summarize, write_summary, write_table
+
     tables = [
         pd.read_csv(d / "metrics.csv", keep_default_na=False, na_values=[""])
         for d in sorted(run_dir.glob("fold_*"))
@@ -140,15 +207,22 @@ def run_cv(
     unknown = [k for k in todo if k not in present]
     if unknown:
         raise ManifestError(f"{manifest}: fold(s) {unknown} have no cases (folds present: {present})")
+    dist.join(cfg.perf)  # under torchrun: join the process group before any rank-0-only write
     run_dir = prepare_run_dir(cfg, run_dir)
-    write_manifest(df, run_dir / "manifest.csv")  # the cases this run used (absolute paths), for reports
+    if dist.is_main():  # the cases this run used (absolute paths), for reports
+        write_manifest(df, run_dir / "manifest.csv")
     for k in todo:
-        if (run_dir / f"fold_{k}" / "DONE").exists():
+        fold_dir = run_dir / f"fold_{k}"
+        if (fold_dir / "DONE").exists():
             log.info("fold %d: already done, skipping", k)
             continue
-        log.info("fold %d of %s: training", k, present)
-        run_fold(cfg, records, k, run_dir)
-    summary = aggregate(run_dir)
+        with claim_fold(fold_dir):
+            if (fold_dir / "DONE").exists():  # finished by another process while we waited
+                continue
+            log.info("fold %d of %s: training", k, present)
+            run_fold(cfg, records, k, run_dir)
+    summary = aggregate(run_dir) if dist.is_main() else {}
+    summary = dist.all_gather_objects(summary)[0]
     log.info(format_summary(summary))
     return summary
 

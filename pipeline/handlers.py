@@ -9,6 +9,8 @@
   run resumed at an epoch boundary draws the same patches as an uninterrupted one.
 * :class:`AutocastInferer` — runs any inferer under an autocast context (bf16 on CPU); MONAI's
   engines only autocast on CUDA.
+* :func:`quiet_stats_handler` — MONAI's ``StatsHandler`` without its traceback on errors (the CLI
+  reports an error in one line; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from ignite.engine import Engine, Events
 
 from pipeline.checkpoint import save_checkpoint
 
-__all__ = ["EpochCSVLogger", "AtomicCheckpointer", "EpochReseeder", "AutocastInferer", "LOG_COLUMNS"]
+__all__ = [
+    "EpochCSVLogger",
+    "AtomicCheckpointer",
+    "EpochReseeder",
+    "AutocastInferer",
+    "quiet_stats_handler",
+    "LOG_COLUMNS",
+]
 
 log = logging.getLogger("pancreas_seg")
 LOG_COLUMNS = ("epoch", "loss", "val_dice", "best_val_dice", "lr", "epoch_seconds")
@@ -39,11 +48,16 @@ class EpochCSVLogger:
     """
 
     def __init__(
-        self, path: str | os.PathLike, optimizer: torch.optim.Optimizer, evaluator: Engine | None = None
+        self,
+        path: str | os.PathLike,
+        optimizer: torch.optim.Optimizer,
+        evaluator: Engine | None = None,
+        write: bool = True,
     ):
         self.path = Path(path)
         self.optimizer = optimizer
         self.evaluator = evaluator
+        self.write = write  # False on torchrun ranks > 0: they only take part in the loss average
         self._losses: list[float] = []
         self._t0 = 0.0
 
@@ -55,7 +69,7 @@ class EpochCSVLogger:
 
     def _trim(self, engine: Engine) -> None:
         """On (re)start keep only rows up to the resumed epoch: later ones belong to a killed run."""
-        if not self.path.exists():
+        if not self.write or not self.path.exists():
             return
         with self.path.open(newline="") as f:
             rows = [
@@ -100,7 +114,11 @@ class EpochCSVLogger:
         if ev is not None and ev.state.iteration and ev.state.epoch == engine.state.epoch:
             val = ev.state.metrics.get("val_dice", "")
             best = ev.state.best_metric if ev.state.best_metric != -1 else ""
-        loss = sum(self._losses) / len(self._losses) if self._losses else math.nan
+        from pipeline.distributed import mean_across_ranks
+
+        loss = mean_across_ranks(sum(self._losses), len(self._losses))  # over all ranks' steps
+        if not self.write:
+            return
         row = {
             "epoch": engine.state.epoch,
             "loss": f"{loss:.6g}",
@@ -223,3 +241,19 @@ class AutocastInferer:
             return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
 
         return self.inferer(inputs, run, *args, **kwargs)
+
+
+def quiet_stats_handler(**kwargs: Any) -> Any:
+    """A ``monai.handlers.StatsHandler`` whose exception hook logs the traceback at DEBUG level only.
+
+    MONAI's hook logs every exception raised in the engine with its traceback at ERROR level,
+    which would put a traceback on the terminal above the CLI's one-line message.
+    """
+    from monai.handlers import StatsHandler
+
+    class _Quiet(StatsHandler):
+        def exception_raised(self, _engine: Engine, e: Exception) -> None:
+            self.logger.debug("exception in %s", type(_engine).__name__, exc_info=e)
+            raise e
+
+    return _Quiet(**kwargs)

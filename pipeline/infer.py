@@ -238,6 +238,8 @@ def predict_cases(
 
     A case whose mask exists is skipped unless ``overwrite``; a case that fails is logged and the
     others still run. Per-case timings (:data:`TIMING_COLUMNS`) are merged into ``out_dir/timings.csv``.
+    Under ``torchrun`` each rank predicts every N-th case, rank 0 merges all ranks' timings, and
+    every rank returns the whole job's outcome.
 
     Returns:
         ``{"written": [mask paths], "skipped": [mask paths], "failed": {case_id: message}}``.
@@ -249,8 +251,11 @@ def predict_cases(
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from pipeline import distributed as dist
+
     out_dir = Path(out_dir)
     _check_writable(out_dir)
+    all_records, records = records, dist.shard(records)  # under torchrun: case i goes to rank i % N
     if predictor.cfg.infer.dicom_seg and any(Path(r["image"]).is_dir() for r in records):
         from pipeline.dicom_seg import require_highdicom
 
@@ -270,8 +275,20 @@ def predict_cases(
                     rows.append(row)
                     written.append(target)
     finally:
-        if rows:
+        if dist.is_distributed():  # every rank's rows, merged by rank 0 alone
+            rank_of = {str(r["case_id"]): i for i, r in enumerate(all_records)}
+            rows = sorted(
+                (row for part in dist.all_gather_objects(rows) for row in part),
+                key=lambda row: rank_of.get(row["case_id"], len(rank_of)),
+            )
+        if rows and dist.is_main():
             _merge_timings(out_dir / timings_name, rows)
+    if dist.is_distributed():
+        parts = dist.all_gather_objects((written, skipped, failed))
+        order = {output_path(out_dir, str(r["case_id"]), r["image"]): i for i, r in enumerate(all_records)}
+        written = sorted((p for w, _, _ in parts for p in w), key=order.__getitem__)
+        skipped = sorted((p for _, s, _ in parts for p in s), key=order.__getitem__)
+        failed = {c: m for _, _, f in parts for c, m in f.items()}
     if skipped:
         log.info("%d case(s) skipped: output exists (use --overwrite to recompute)", len(skipped))
     return {"written": written, "skipped": skipped, "failed": failed}

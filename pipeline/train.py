@@ -11,6 +11,11 @@ Layout of a fold folder::
 ``train.batch_size`` counts patches per optimizer step: each volume drawn gives
 ``data.samples_per_volume`` patches, so the loader draws ``batch_size / samples_per_volume``
 volumes per step (at least one).
+
+Under ``torchrun`` (see :mod:`pipeline.distributed`) ``batch_size`` is per process: a step of N
+processes uses N x ``batch_size`` patches, and an epoch is one pass over the training cases split
+among the ranks. The learning rate is not scaled with N; set ``train.lr`` for the global batch.
+Only rank 0 writes the files above; all ranks resume from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -22,10 +27,17 @@ from typing import Any
 
 import torch
 
+from pipeline import distributed as dist
 from pipeline.checkpoint import latest_checkpoint
 from pipeline.config import Config, config_to_dict
 from pipeline.errors import ManifestError
-from pipeline.handlers import AtomicCheckpointer, AutocastInferer, EpochCSVLogger, EpochReseeder
+from pipeline.handlers import (
+    AtomicCheckpointer,
+    AutocastInferer,
+    EpochCSVLogger,
+    EpochReseeder,
+    quiet_stats_handler,
+)
 
 __all__ = [
     "FoldEngines",
@@ -134,7 +146,6 @@ def build_engines(
         EarlyStopHandler,
         LrScheduleHandler,
         MeanDice,
-        StatsHandler,
         TensorBoardStatsHandler,
         ValidationHandler,
         from_engine,
@@ -154,6 +165,11 @@ def build_engines(
     set_threads(cfg.perf)
     set_determinism(seed=cfg.train.seed)
     device = select_device(cfg.perf)
+    dist.setup(device)  # no-op unless started by torchrun
+    main = dist.is_main()
+    # Under torchrun each rank trains on its part of the cases and validates its share of them.
+    train_recs = dist.partition_for_training(train_recs, seed=cfg.train.seed)
+    val_recs = dist.shard_for_validation(val_recs)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else fold_dir.parent / "cache"
 
     train_tf = build_train_transforms(cfg)
@@ -167,6 +183,7 @@ def build_engines(
     val_loader = DataLoader(val_ds, batch_size=1, num_workers=min(workers, 1))
 
     net = prepare_model(build_model(cfg.model), device, cfg.perf)
+    train_net = dist.wrap_ddp(net, device)  # DDP under torchrun; the evaluator uses the plain network
     optimizer = build_optimizer(cfg, net.parameters())
     scheduler = build_scheduler(cfg, optimizer)
     cuda_amp = device.type == "cuda" and cfg.perf.amp
@@ -199,7 +216,7 @@ def build_engines(
         device=device,
         max_epochs=cfg.train.epochs,
         train_data_loader=train_loader,
-        network=net,
+        network=train_net,
         optimizer=optimizer,
         loss_function=build_loss(cfg),
         epoch_length=cfg.train.iterations_per_epoch or None,
@@ -211,26 +228,30 @@ def build_engines(
     model_cfg = dataclasses.asdict(cfg.model)
 
     # Order matters: reseed, then the epoch's scheduler step, validation, log row, checkpoint.
-    EpochReseeder(cfg.train.seed, train_tf).attach(trainer)
+    # Each rank draws its own patches and augmentation (seed offset by rank; rank 0 = one process).
+    EpochReseeder(cfg.train.seed + 7919 * dist.rank(), train_tf).attach(trainer)
     LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
     ValidationHandler(validator=evaluator, interval=cfg.train.val_interval, epoch_level=True).attach(trainer)
-    EpochCSVLogger(fold_dir / "log.csv", optimizer, evaluator).attach(trainer)
-    AtomicCheckpointer(
-        ckpt_dir,
-        objects,
-        model_cfg,
-        cfg.train.checkpoint_interval,
-        evaluator=evaluator,
-        run_config=config_to_dict(cfg),
-    ).attach(trainer)
-    TensorBoardStatsHandler(
-        log_dir=str(fold_dir / "tensorboard"), output_transform=from_engine(["loss"], first=True)
-    ).attach(trainer)
-    TensorBoardStatsHandler(log_dir=str(fold_dir / "tensorboard"), output_transform=lambda x: None).attach(
-        evaluator
-    )
-    StatsHandler(name="pancreas_seg.stats", iteration_log=False, epoch_log=False).attach(trainer)
-    attach_mlflow(trainer, evaluator, cfg, fold_dir.parent, fold_dir.name)  # no-op unless train.mlflow
+    # Every rank takes part in the epoch's loss average; only rank 0 writes files.
+    EpochCSVLogger(fold_dir / "log.csv", optimizer, evaluator, write=main).attach(trainer)
+    if main:
+        AtomicCheckpointer(
+            ckpt_dir,
+            objects,
+            model_cfg,
+            cfg.train.checkpoint_interval,
+            evaluator=evaluator,
+            run_config=config_to_dict(cfg),
+        ).attach(trainer)
+        TensorBoardStatsHandler(
+            log_dir=str(fold_dir / "tensorboard"), output_transform=from_engine(["loss"], first=True)
+        ).attach(trainer)
+        TensorBoardStatsHandler(
+            log_dir=str(fold_dir / "tensorboard"), output_transform=lambda x: None
+        ).attach(evaluator)
+        quiet_stats_handler(name="pancreas_seg.stats", iteration_log=False, epoch_log=False).attach(trainer)
+        attach_mlflow(trainer, evaluator, cfg, fold_dir.parent, fold_dir.name)  # no-op unless train.mlflow
+        _attach_progress(trainer, evaluator)
     if cfg.train.early_stopping_patience > 0:
         EarlyStopHandler(
             patience=cfg.train.early_stopping_patience,
@@ -238,7 +259,6 @@ def build_engines(
             trainer=trainer,
             epoch_level=True,
         ).attach(evaluator)
-    _attach_progress(trainer, evaluator)
 
     return FoldEngines(trainer, evaluator, objects, ckpt_dir)
 
@@ -264,8 +284,10 @@ def train_fold(
         evaluator.state.best_metric_epoch = ckpt.get("best_metric_epoch", -1)
         log.info("resuming fold %d from %s (epoch %d)", fold, path, trainer.state.epoch)
     trainer.run()
+    dist.barrier()  # rank 0 has written its checkpoints
     if not (ckpt_dir / "best.pt").exists():  # no validation ran (e.g. epochs < val_interval)
         evaluator.run()
+        dist.barrier()
     return {
         "best": ckpt_dir / "best.pt",
         "final": ckpt_dir / "final.pt",

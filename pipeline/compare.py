@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline import distributed as dist
 from pipeline.config import Config
 from pipeline.errors import ManifestError
+from pipeline.fileio import atomic_write_text
 
 __all__ = ["NETWORKS", "COMPARE_METRICS", "run_compare", "compare_runs", "paired_test", "format_markdown"]
 
@@ -63,16 +64,9 @@ def run_compare(
     table, test = compare_runs({name: out / name for name in NETWORKS}, folds, cfg)
     text = format_markdown(table, test, cfg, folds)
     if dist.is_main():  # under torchrun rank 0 writes
-        _atomic_write(out / "compare.csv", table.to_csv(index=False, float_format="%.6g"))
-        _atomic_write(out / "compare.md", text)
+        atomic_write_text(out / "compare.csv", table.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(out / "compare.md", text)
     return text
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fold_tables(run: Path, folds: Sequence[int] | None, name: str) -> pd.DataFrame:

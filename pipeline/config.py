@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.fileio import atomic_write_text
 
 __all__ = [
     "DataConfig",
@@ -276,20 +277,13 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_config(cfg: Config, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``cfg`` (and optional extra top-level keys) as YAML, atomically."""
     data = config_to_dict(cfg)
     if extra:
         data.update(extra)
     path = Path(path)
-    _atomic_write(path, yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 

@@ -126,8 +126,8 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
     """Train fold ``fold``, predict its held-out cases with the best checkpoint, evaluate, mark DONE."""
     from pipeline.checkpoint import load_network
     from pipeline.evaluate import evaluate_cases, write_table
+    from pipeline.fileio import atomic_write_text
     from pipeline.infer import Predictor, predict_cases
-    from pipeline.manifest import atomic_write_text
     from pipeline.train import split_records, train_fold
     from pipeline.writers import output_path
 

@@ -12,6 +12,7 @@ to load (and could run code) is refused.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, OutputError
 
 __all__ = [
     "FORMAT",
@@ -42,14 +43,26 @@ class _UnreadableCheckpoint(CheckpointError):
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
-    """Save ``payload`` (plus the format tag) to ``path`` via a temporary file and a rename."""
+    """Save ``payload`` (plus the format tag) to ``path`` via a temporary file and a rename.
+
+    Raises:
+        OutputError: it cannot be written (disk full, read-only folder); the temporary file is
+            removed and an existing ``path`` keeps its old content.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        torch.save({"format": FORMAT, **payload}, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # torch's writer hides a failed write's errno; Python's file keeps it
+        torch.save({"format": FORMAT, **payload}, buffer)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
         os.replace(tmp, path)
-    except BaseException:  # disk full, SIGTERM from torchrun, Ctrl-C: leave no partial file
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
+        raise OutputError(f"{path}: cannot write the checkpoint ({reason})") from None
+    except BaseException:  # SIGTERM from torchrun, Ctrl-C: leave no partial file
         tmp.unlink(missing_ok=True)
         raise
     return path

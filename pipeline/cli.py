@@ -133,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_fingerprint)
 
     p = sub.add_parser(
+        "check",
+        help="check every case of a manifest (scans and labels) without training",
+        description="Run every input validation the loaders run, for every case of MANIFEST, without "
+        "training: the scan's header (readable, one 3-D volume, size limit, not truncated, voxel size "
+        "and affine, DICOM series ambiguity), its voxels (finite, not all air, CT-like values), the "
+        "label's values and grid. Prints one row per problem; exit code 0 when there is no error "
+        "(warnings allowed), 2 when there is one.",
+    )
+    p.add_argument("manifest", help="manifest CSV")
+    p.add_argument(
+        "--out", default=None, help="also write the problems as CSV (case_id,severity,file,problem)"
+    )
+    p.add_argument("--require-labels", action="store_true", help="every case must have a label (training)")
+    _add_config_args(p)
+    p.set_defaults(func=commands.cmd_check)
+
+    p = sub.add_parser(
         "model-info",
         help="print the network's structure summary and parameter count",
         description="Build the configured network (model.name: attention_unet or unet) and print its "

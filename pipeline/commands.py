@@ -14,6 +14,7 @@ from pipeline.config import load_config
 from pipeline.errors import ManifestError
 
 __all__ = [
+    "cmd_check",
     "cmd_phantoms",
     "cmd_manifest",
     "cmd_folds",
@@ -33,6 +34,19 @@ log = logging.getLogger("pancreas_seg")
 
 def _config(args: argparse.Namespace):
     return load_config(getattr(args, "config", None), getattr(args, "overrides", None))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Every input validation of a manifest's cases, as a table; exit 2 when any is an error."""
+    from pipeline.check import check_manifest, format_problems, raise_first_error, write_problems
+
+    cfg = _config(args)
+    records, problems = check_manifest(args.manifest, cfg.data.dicom_series, args.require_labels)
+    print(format_problems(problems, len(records)))
+    if args.out:
+        log.info("wrote %s", write_problems(problems, args.out))
+    raise_first_error(problems, args.manifest)
+    return 0
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
@@ -63,7 +77,14 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     src = Path(args.source)
     if args.source_type == "check":
         df = mf.read_manifest(src)
-        log.info("%s: %d cases, %d subjects, no problems found", src, len(df), df["subject_id"].nunique())
+        log.info(
+            "%s: %d cases, %d subjects, no problems found in the table "
+            "('pancreas-seg check %s' also opens the scans and labels)",
+            src,
+            len(df),
+            df["subject_id"].nunique(),
+            src,
+        )
         return 0
     default_dir = src.parent if src.is_file() else src
     out = Path(args.out) if args.out else default_dir / "manifest.csv"
@@ -157,6 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     df = read_manifest(args.manifest, require_labels=True)
+    _preflight(cfg, case_records(df), args.manifest, Path(args.out), [args.fold])
     distributed.join(cfg.perf)
     run = prepare_run_dir(cfg, args.out)
     result = train_fold(cfg, case_records(df), args.fold, run / f"fold_{args.fold}")
@@ -170,11 +192,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(cfg, records: list[dict], manifest, run: Path, folds: list[int] | None) -> None:
+    """Check every case used and each fold's resume checkpoint before the run folder is touched."""
+    from pipeline.check import preflight, preflight_resume
+
+    used = [r for r in records if int(r.get("fold", -1)) >= 0]
+    preflight(used, cfg.data.dicom_series, manifest)
+    for k in folds or sorted({int(r["fold"]) for r in used}):
+        if not (run / f"fold_{k}" / "DONE").exists():
+            preflight_resume(run / f"fold_{k}", cfg.model)
+
+
 def cmd_cv(args: argparse.Namespace) -> int:
     """Cross-validation."""
     from pipeline.cv import run_cv
+    from pipeline.manifest import case_records, read_manifest
 
     cfg, folds = _config(args), _folds_arg(args.folds)
+    records = case_records(read_manifest(args.manifest, require_labels=True))
+    _preflight(cfg, records, args.manifest, Path(args.out), folds)
     if args.parallel_folds:
         from pipeline.manifest import read_manifest
         from pipeline.parallel_folds import run_parallel_folds
@@ -194,6 +230,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     """Inference on full scans."""
     from pipeline import distributed
+    from pipeline.check import preflight_inputs
     from pipeline.infer import discover_inputs, load_predictor, predict_cases
 
     overrides = list(args.overrides)
@@ -204,8 +241,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
     overrides += [f"infer.precision={args.precision}"] if args.precision else []
     records = discover_inputs(args.input)
     predictor = load_predictor(args.model, overrides)
+    if predictor.cfg.infer.dicom_seg and any(Path(r["image"]).is_dir() for r in records):
+        from pipeline.dicom_seg import require_highdicom
+
+        require_highdicom()  # a missing package before any scan's problem: it concerns them all
+    records, refused = preflight_inputs(records, predictor.cfg.data.dicom_series)  # headers only
     distributed.join(predictor.cfg.perf)
     out = predict_cases(predictor, records, args.out, overwrite=args.overwrite)
+    out["failed"] = {**refused, **out["failed"]}
     log.info(
         "%d written, %d skipped (exist), %d failed -> %s",
         len(out["written"]),

@@ -7,12 +7,18 @@ config key) and the problem, so a user can act on it without a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 __all__ = [
     "PipelineError",
     "ConfigError",
     "ManifestError",
     "ImageError",
     "CheckpointError",
+    "OutputError",
+    "writing",
 ]
 
 
@@ -34,3 +40,23 @@ class ImageError(PipelineError):
 
 class CheckpointError(PipelineError):
     """A checkpoint is missing, truncated, untrusted or of another network."""
+
+
+class OutputError(PipelineError, OSError):
+    """An output cannot be written (disk full, read-only or missing folder, no permission); nothing
+    half-written is left behind. Also an ``OSError``, so code that handles failed writes still does."""
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into an :class:`OutputError` naming it.
+
+    A failed ``write()`` carries no file name (``No space left on device`` alone); the one line
+    the user sees must say which output could not be written.
+    """
+    try:
+        yield
+    except OutputError:
+        raise  # already names its file
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None

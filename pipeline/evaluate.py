@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, writing
 
 __all__ = [
     "METRICS",
@@ -119,20 +119,16 @@ def load_mask_pair(pred_path: str | os.PathLike, label_path: str | os.PathLike, 
         (pred array, label array (mapped to {0,1,...}), spacing in mm).
 
     Raises:
-        ImageError: a file cannot be read, or the two are not on the same grid (both grids named).
+        ImageError: a file cannot be read or fails the loaders' checks
+            (:func:`transforms.io.load_volume`), or the two are not on the same grid (both grids named).
     """
-    from monai.transforms import LoadImage, Orientation
+    from monai.transforms import Orientation
 
-    loader, orient = LoadImage(image_only=True, ensure_channel_first=True), Orientation("RAS")
-    arrays = []
-    for path in (pred_path, label_path):
-        try:
-            arrays.append(orient(loader(str(path))))
-        except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem
-            raise ImageError(
-                f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-            ) from None
-    pred, label = arrays
+    from transforms.io import load_volume
+
+    orient = Orientation("RAS")
+    # the loaders' checks: header (size limit, geometry, truncation) before reading, NaN voxels after
+    pred, label = (orient(load_volume(path, dtype=None)) for path in (pred_path, label_path))
     same_shape = pred.shape == label.shape
     same_affine = np.allclose(np.asarray(pred.affine), np.asarray(label.affine), atol=1e-3)
     if not (same_shape and same_affine):
@@ -188,19 +184,25 @@ def summarize(df: pd.DataFrame) -> dict:
     }
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a metrics CSV atomically."""
-    return _atomic(Path(path), lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
+    """Write a metrics CSV atomically.
+
+    Raises:
+        OutputError: it cannot be written (nothing half-written is left).
+    """
+    from pipeline.fileio import atomic_write
+
+    with writing(path):
+        return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def write_summary(summary: dict, path: str | os.PathLike) -> Path:
-    """Write a summary JSON atomically."""
-    return _atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    """Write a summary JSON atomically.
+
+    Raises:
+        OutputError: it cannot be written (nothing half-written is left).
+    """
+    from pipeline.fileio import atomic_write
+
+    with writing(path):
+        return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))

@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.errors import writing
+
 __all__ = ["atomic_write", "atomic_write_text"]
 
 
@@ -22,19 +24,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
     Returns:
         ``path`` (absolute).
+
+    Raises:
+        OutputError: the file cannot be written (full disk, read-only folder); names the file.
     """
     path = Path(os.path.abspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path):  # disk full, read-only folder: an OutputError naming the file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 

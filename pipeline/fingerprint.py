@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Compose, Orientationd
+from monai.transforms import Orientationd
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError, ManifestError
+from transforms.compose import CTCompose
 from transforms.geometry import BodyCropd
 from transforms.io import LoadCTd
 from transforms.labels import MapLabelsd
@@ -156,7 +157,7 @@ def compute_fingerprint(records: Sequence[dict], cfg: Config, samples_per_case: 
             allow_missing_keys=True,
         ),
     ]
-    load = Compose(steps)
+    load = CTCompose(steps)  # lets the loaders' ImageError through, not MONAI's RuntimeError wrapper
     crop = BodyCropd("image", threshold=cfg.data.body_threshold_hu, margin_mm=cfg.data.body_margin_mm)
     cases, samples = [], []
     for i, rec in enumerate(records):
@@ -208,13 +209,13 @@ def write_fingerprint(fp: dict, path: str | os.PathLike) -> Path:
 
     Returns:
         The path written.
+
+    Raises:
+        OutputError: it cannot be written (nothing half-written is left).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(fp, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    from pipeline.fileio import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(fp, indent=2) + "\n")
 
 
 def read_fingerprint(path: str | os.PathLike) -> dict:

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ManifestError
+from pipeline.fileio import atomic_write_text
 from pipeline.importers import _load_json
-from pipeline.manifest import _normalise, _root, _text, atomic_write_text, validate_manifest
+from pipeline.manifest import _normalise, _root, _text, validate_manifest
 
 __all__ = ["assign_folds", "describe_folds", "read_splits", "write_splits"]
 

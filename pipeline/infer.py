@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.errors import CheckpointError, ConfigError, ImageError, PipelineError
+from pipeline.errors import CheckpointError, ConfigError, ImageError, OutputError, PipelineError
+from pipeline.fileio import atomic_write
 from pipeline.predictor import Prediction, Predictor
 from pipeline.writers import output_path, save_like
 
@@ -210,7 +211,7 @@ def _check_writable(out_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=out_dir, prefix=".write_test"):
             pass
     except OSError as exc:
-        raise PipelineError(f"{out_dir}: output folder cannot be written ({exc.strerror or exc})") from None
+        raise OutputError(f"{out_dir}: output folder cannot be written ({exc.strerror or exc})") from None
 
 
 def _save_outputs(pred: Prediction, rec: dict, out_dir: Path, predictor: Predictor) -> Path:
@@ -333,9 +334,7 @@ def _merge_timings(path: Path, rows: list[dict]) -> None:
             new = pd.concat([old[~old["case_id"].isin(new["case_id"])], new], ignore_index=True)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError):
             log.warning("warning: %s is not a timings table; replacing it", path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    new[list(TIMING_COLUMNS)].to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: new[list(TIMING_COLUMNS)].to_csv(tmp, index=False, float_format="%.4f"))
 
 
 def _tty() -> bool:

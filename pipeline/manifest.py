@@ -19,13 +19,13 @@ import importlib
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipeline.errors import ManifestError
+from pipeline.fileio import atomic_write_text
 
 __all__ = [
     "COLUMNS",
@@ -125,21 +125,6 @@ def parse_label_map(text: str) -> dict[int, int]:
             raise ManifestError(f"label_map {text!r}: class {dst} is negative")
         out[src] = dst
     return out
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it (nothing half-written)."""
-    path = Path(os.path.abspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _text(value: Any) -> str:

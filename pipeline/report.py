@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 
 from pipeline.config import Config, load_config
-from pipeline.errors import CheckpointError, ConfigError, ManifestError
+from pipeline.errors import CheckpointError, ConfigError, ManifestError, writing
 from pipeline.figures import colorbar_png, plot_curves
 from pipeline.report_html import (
     attention_block,
@@ -89,14 +89,16 @@ def write_report(
     records, source = _records(run, manifest)
     tmp = run / ".report_files.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    with writing(run / "report.html"):
+        tmp.mkdir()
     try:
-        if is_cv:
-            body = _cv_body(run, records, source, max_cases, tmp)
-        else:
-            body = _infer_body(run, masks, records, source, max_cases, tmp)
-        text = page(f"pancreas-seg report: {run.resolve().name}", body)
-        return _publish(run, tmp, text)
+        with writing(run / "report.html"):  # a full disk or read-only folder: one line naming it
+            if is_cv:
+                body = _cv_body(run, records, source, max_cases, tmp)
+            else:
+                body = _infer_body(run, masks, records, source, max_cases, tmp)
+            text = page(f"pancreas-seg report: {run.resolve().name}", body)
+            return _publish(run, tmp, text)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -216,6 +218,7 @@ def _fold_network(run: Path, fold: int, cfg: Config, nets: dict, notes: list[str
         try:
             nets[fold] = load_network(run / f"fold_{fold}" / "checkpoints" / "best.pt", expect=cfg.model)[0]
         except CheckpointError as exc:
+            log.warning("warning: %s; no attention maps for fold %d", exc, fold)
             notes.append(f'<p class="note">{esc(exc)}</p>')
             nets[fold] = None
     return nets[fold]

@@ -79,6 +79,8 @@ def load_case(
     if image is None and pred is None:
         raise ValueError(f"case {case_id}: neither a scan nor a prediction to show")
     chain = build_infer_transforms(cfg, with_label=True)
+    if image is None:  # a mask drawn on its own grid is not a CT scan: no HU checks on it
+        chain.transforms[0].check_ct = False
     last = len(chain.transforms) - 1  # the intensity step: keep HU for display, apply it for the network
     record = {"case_id": case_id, "image": str(image if image is not None else pred), "label_map": label_map}
     if label is not None and image is not None:

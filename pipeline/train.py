@@ -274,7 +274,7 @@ def train_fold(
     train_recs, val_recs = split_records(records, fold)
     eng = build_engines(cfg, train_recs, val_recs, fold_dir)
     trainer, evaluator, ckpt_dir = eng.trainer, eng.evaluator, eng.checkpoint_dir
-    if resume and (found := latest_checkpoint(ckpt_dir)):
+    if resume and (found := latest_checkpoint(ckpt_dir, expect=cfg.model)):
         path, ckpt = found
         from ignite.handlers import Checkpoint
 
@@ -283,7 +283,15 @@ def train_fold(
         evaluator.state.best_metric = ckpt.get("best_metric", -1)
         evaluator.state.best_metric_epoch = ckpt.get("best_metric_epoch", -1)
         log.info("resuming fold %d from %s (epoch %d)", fold, path, trainer.state.epoch)
-    trainer.run()
+    if trainer.state.epoch < cfg.train.epochs:
+        trainer.run()
+    else:  # already trained (a re-run, or killed after its last checkpoint): ignite's run() would
+        # start the finished engine over from epoch 0, keeping the trained weights
+        log.info("fold %d: already trained for %d epochs", fold, trainer.state.epoch)
+        if not (ckpt_dir / "final.pt").exists():
+            from ignite.engine import Events
+
+            trainer.fire_event(Events.COMPLETED)  # AtomicCheckpointer writes final.pt
     dist.barrier()  # rank 0 has written its checkpoints
     if not (ckpt_dir / "best.pt").exists():  # no validation ran (e.g. epochs < val_interval)
         evaluator.run()

@@ -37,12 +37,45 @@ def output_path(
     return Path(out_dir) / f"{case_id}{tag}{output_suffix(image_path)}"
 
 
-def _tmp(path: Path) -> Path:
-    # keep the real suffix so the writer picks the right format
+def _split(path: Path) -> tuple[str, str]:
     name = path.name
     suffix = next((s for s in (*_NIFTI, *_ITK, ".dcm") if name.lower().endswith(s)), "")
-    stem = name[: len(name) - len(suffix)]
-    return path.with_name(f".{stem}.{os.getpid()}.tmp{name[len(stem) :]}")
+    return name[: len(name) - len(suffix)], name[len(name) - len(suffix) :]
+
+
+def _tmp(path: Path) -> Path:
+    # keep the real suffix so the writer picks the right format
+    stem, suffix = _split(path)
+    return path.with_name(f".{stem}.{os.getpid()}.tmp{suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete temporaries of ``path`` left by writers that were killed (their process is gone)."""
+    stem, suffix = _split(path)
+    prefix, end = f".{stem}.", f".tmp{suffix}"
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        middle = p.name[len(prefix) : len(p.name) - len(end)]
+        if (
+            p.name.startswith(prefix)
+            and p.name.endswith(end)
+            and middle.isdigit()
+            and not _alive(int(middle))
+        ):
+            p.unlink(missing_ok=True)
 
 
 def itk_geometry(path: str | os.PathLike) -> dict:
@@ -87,6 +120,7 @@ def save_like(
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out_path)  # a killed earlier run's partial file of this output
     tmp = _tmp(out_path)
     array = np.asarray(array)
     ref = str(reference) if reference else ""

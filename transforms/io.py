@@ -1,6 +1,10 @@
 """Loading CT scans and labels through MONAI's readers (:mod:`transforms.readers`), with checks
-that name the file: unreadable or corrupt files, wrong dimensionality, NaN voxels, a label on another
-grid. Images become float32 HU; labels are put on the image's voxel grid.
+that name the file. Images become float32 HU; labels are put on the image's voxel grid.
+
+The checks (:mod:`transforms.validate`, plus :func:`match_label_grid` here) are functions of their
+own so that ``pancreas-seg check`` runs exactly what the loaders run: the header before any voxel
+is allocated, then NaN or infinite voxels and the geometry again after reading (DICOM series only
+get their geometry then), CT-looking intensities for scans, and the label's grid.
 """
 
 from __future__ import annotations
@@ -17,9 +21,32 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Orientation
 
 from pipeline.errors import ImageError
-from transforms.readers import reader_for
+from transforms.readers import read_header, reader_for
+from transforms.validate import (
+    AIR_MAX_HU,
+    MAX_VOXELS,
+    SPACING_RANGE_MM,
+    check_ct_intensities,
+    check_geometry,
+    check_header,
+    check_shape,
+    warn_once,
+)
 
-__all__ = ["LoadCTd", "describe_grid", "load_volume"]
+__all__ = [
+    "AIR_MAX_HU",
+    "LoadCTd",
+    "MAX_VOXELS",
+    "SPACING_RANGE_MM",
+    "check_ct_intensities",
+    "check_geometry",
+    "check_header",
+    "describe_grid",
+    "load_volume",
+    "match_label_grid",
+    "warn_once",
+]
+
 
 # Tolerance for "same grid" between an image and its label, as a fraction of the smallest voxel
 # size: file formats store geometry in float32, so exact equality is too strict, while any real
@@ -47,18 +74,8 @@ def _to_channel_first_3d(img: MetaTensor, name: str) -> MetaTensor:
     shape = tuple(int(s) for s in img.shape)
     if img.numel() == 0:
         header = [int(v) for v in np.asarray(img.meta.get("spatial_shape", shape))]
-        raise ImageError(f"{name}: image has a zero-size axis ({'x'.join(str(v) for v in header or shape)})")
-    dims = "x".join(str(s) for s in shape)
-    if len(shape) < 3:
-        raise ImageError(f"{name}: image is {len(shape)}-D ({dims}); expected a 3-D volume")
-    extra = shape[3:]
-    if any(s != 1 for s in extra):
-        raise ImageError(
-            f"{name}: image is {len(shape)}-D ({dims}) with {int(np.prod(extra))} channels/time points; "
-            "expected a single 3-D volume"
-        )
-    if any(s < 2 for s in shape[:3]):
-        raise ImageError(f"{name}: image is a single slice ({dims}); expected a 3-D volume")
+        shape = tuple(header) if len(header) and 0 in header else shape
+    check_shape(shape, name)
     return img.reshape(1, *shape[:3])
 
 
@@ -98,13 +115,19 @@ def load_volume(
 
     Raises:
         ImageError: missing, unreadable, corrupt or truncated file; not 3-D; a zero-size axis;
-            NaN or infinite voxels; a folder without DICOM.
+            a header claiming more than :data:`MAX_VOXELS` (refused before reading); a broken
+            geometry (:func:`check_geometry`); NaN or infinite voxels; a folder without DICOM.
     """
     p = Path(path)
     name = name or str(path)
     if not p.exists():
         raise ImageError(f"{name}: file not found")
-    reader = reader_for(p, dicom_series, dtype)
+    try:
+        header = read_header(p, dicom_series)
+    except ImageError as exc:  # re-named: read_header names the path
+        raise ImageError(str(exc).replace(str(path), name, 1)) from None
+    check_header(header, name, p)  # before a single voxel is allocated
+    reader = reader_for(p, dicom_series, dtype, files=header.files)
     loader = LoadImage(reader=reader, image_only=True, dtype=None)
     try:
         img = loader(str(p), reader=reader)  # as the runtime reader, so its ImageError gets through
@@ -114,6 +137,7 @@ def load_volume(
         raise ImageError(f"{name}: cannot read image ({_one_line(exc)})") from None
     img = _to_channel_first_3d(img, name)
     img.meta = _clean_meta(img.meta)
+    check_geometry(img.affine, name)  # DICOM series get their geometry only now
     # a sum is finite unless a voxel is NaN/Inf (CT values cannot overflow it): 20x cheaper than isfinite
     if img.dtype.is_floating_point and not bool(torch.isfinite(img.sum())):
         bad = int((~torch.isfinite(img)).sum())
@@ -124,8 +148,12 @@ def load_volume(
     return img
 
 
-def _match_label_grid(image: MetaTensor, label: MetaTensor, image_name: str, label_name: str) -> MetaTensor:
-    """Put ``label`` on ``image``'s voxel grid (axis order/flips only) or raise if the grids differ."""
+def match_label_grid(image: MetaTensor, label: MetaTensor, image_name: str, label_name: str) -> MetaTensor:
+    """Put ``label`` on ``image``'s voxel grid (axis order/flips only) or raise if the grids differ.
+
+    Raises:
+        ImageError: the grids differ (the message states both).
+    """
     codes = nib.orientations.aff2axcodes(np.asarray(image.affine))
     label_on_grid = label
     if nib.orientations.aff2axcodes(np.asarray(label.affine)) != codes:
@@ -159,10 +187,13 @@ class LoadCTd(MapTransform):
         dicom_series: SeriesInstanceUID to pick when a folder holds several series.
         allow_missing_keys: skip label keys that are absent (or empty strings) instead of raising;
             the image is always required.
+        check_ct: run :func:`check_ct_intensities` on the image read from a file (an all-air scan
+            is refused, a non-CT-looking one warned about once per process).
 
     Raises:
         ImageError: see :func:`load_volume`; also a label whose grid differs from the image's
-            (the message states both grids) and a required path that is missing from the record.
+            (the message states both grids), an all-air scan, and a required path that is missing
+            from the record.
     """
 
     def __init__(
@@ -171,10 +202,12 @@ class LoadCTd(MapTransform):
         image_key: str = "image",
         dicom_series: str = "",
         allow_missing_keys: bool = False,
+        check_ct: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
         self.dicom_series = dicom_series
+        self.check_ct = check_ct
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -195,8 +228,11 @@ class LoadCTd(MapTransform):
             d[key] = load_volume(
                 value, dicom_series=self.dicom_series, dtype=torch.float32 if is_image else None
             )
+            if is_image and self.check_ct:
+                for message in check_ct_intensities(d[key], names[key]):
+                    warn_once(message)
         if self.image_key in names:
             for key in names:
                 if key != self.image_key:
-                    d[key] = _match_label_grid(d[self.image_key], d[key], names[self.image_key], names[key])
+                    d[key] = match_label_grid(d[self.image_key], d[key], names[self.image_key], names[key])
         return d

@@ -12,7 +12,7 @@ from monai.transforms import MapTransform
 
 from pipeline.errors import ImageError, ManifestError
 
-__all__ = ["MapLabelsd", "parse_label_map", "unique_values"]
+__all__ = ["MapLabelsd", "check_label_values", "parse_label_map", "unique_values"]
 
 
 def parse_label_map(text: str, where: str = "label_map") -> dict[int, int]:
@@ -72,6 +72,34 @@ def unique_values(t: torch.Tensor) -> list[float]:
     return [float(v) for v in torch.unique(flat).tolist()]
 
 
+def check_label_values(label: torch.Tensor, text: str, name: str) -> tuple[dict[int, int], list[float]]:
+    """Check that ``label`` holds only 0 and the values its label map names.
+
+    Args:
+        label: the label volume as stored.
+        text: the manifest's ``label_map`` entry (empty: the label must be {0, 1}).
+        name: how to name the file in errors.
+
+    Returns:
+        (the parsed map, the label's distinct values).
+
+    Raises:
+        ImageError: other values occur (the message lists them and says how to map them).
+        ManifestError: the label map is malformed.
+    """
+    mapping = parse_label_map(text, where=name)
+    values = unique_values(label)
+    unexpected = [v for v in values if v != 0 and (not float(v).is_integer() or int(v) not in mapping)]
+    if unexpected:
+        shown = ", ".join(f"{v:g}" for v in unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
+        allowed = ", ".join(str(v) for v in sorted({0, *mapping}))
+        raise ImageError(
+            f"{name}: label has unexpected values {shown} (allowed: {allowed}; "
+            f"label_map {text!r}; set label_map in the manifest, e.g. '1:1,2:1')"
+        )
+    return mapping, values
+
+
 class MapLabelsd(MapTransform):
     """Apply the record's label map, then check that no other values occur; output uint8 {0, 1}.
 
@@ -100,20 +128,7 @@ class MapLabelsd(MapTransform):
         for key in self.key_iterator(d):
             label = d[key]
             name = str(getattr(label, "meta", {}).get("filename_or_obj", key))
-            mapping = parse_label_map(text, where=name)
-            values = unique_values(label)
-            unexpected = [
-                v for v in values if v != 0 and (not float(v).is_integer() or int(v) not in mapping)
-            ]
-            if unexpected:
-                shown = ", ".join(f"{v:g}" for v in unexpected[:10]) + (
-                    " ..." if len(unexpected) > 10 else ""
-                )
-                allowed = ", ".join(str(v) for v in sorted({0, *mapping}))
-                raise ImageError(
-                    f"{name}: label has unexpected values {shown} (allowed: {allowed}; "
-                    f"label_map {text!r}; set label_map in the manifest, e.g. '1:1,2:1')"
-                )
+            mapping, values = check_label_values(label, text, name)
             d[key] = self._apply(label, mapping, values)
         return d
 

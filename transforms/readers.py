@@ -11,12 +11,16 @@
 - everything else (NRRD, MHA/MHD, single DICOM files) is read by MONAI's ``ITKReader``.
 
 All give the affine in RAS world coordinates (ITK's LPS is converted) and a C-ordered array.
+
+:func:`read_header` reads only the header (shape, voxel type, geometry) with the same libraries, so a
+file can be checked before its voxels are allocated (:func:`transforms.io.check_header`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import itk
@@ -27,7 +31,16 @@ from monai.data import ITKReader, NibabelReader
 
 from pipeline.errors import ImageError
 
-__all__ = ["DicomSeriesReader", "NiftiReader", "c_ordered", "list_dicom_series", "reader_for"]
+__all__ = [
+    "DicomSeriesReader",
+    "NiftiReader",
+    "VolumeHeader",
+    "c_ordered",
+    "choose_series",
+    "list_dicom_series",
+    "read_header",
+    "reader_for",
+]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -101,17 +114,53 @@ def _series_label(s: dict) -> str:
     return f"{name} ({s['num_slices']} slices)"
 
 
+def choose_series(folder: str | os.PathLike, series_uid: str = "") -> dict:
+    """The DICOM series of ``folder`` to read (see :func:`list_dicom_series`).
+
+    Args:
+        folder: a folder of DICOM files.
+        series_uid: SeriesInstanceUID or ITK series id; needed when the folder holds several series.
+
+    Raises:
+        ImageError: no DICOM series in the folder, or several and none chosen (or not found); the
+            message lists the series.
+    """
+    folder = str(folder)
+    try:
+        series = list_dicom_series(folder)
+    except RuntimeError as exc:  # GDCM on unreadable files
+        raise ImageError(
+            f"{folder}: cannot list the DICOM series ({' '.join(str(exc).split())[:160]})"
+        ) from None
+    if not series:
+        raise ImageError(f"{folder}: folder holds no DICOM series")
+    if len(series) == 1:
+        return series[0]
+    found = [s for s in series if series_uid and series_uid in (s["uid"], s["id"])]
+    listing = "; ".join(_series_label(s) for s in series)
+    if not series_uid:
+        raise ImageError(
+            f"{folder}: folder holds {len(series)} DICOM series, set data.dicom_series to one of: {listing}"
+        )
+    if not found:
+        raise ImageError(f"{folder}: data.dicom_series={series_uid} not in folder; it holds: {listing}")
+    return found[0]
+
+
 class DicomSeriesReader(_COrderMixin, ITKReader):
     """MONAI's ``ITKReader`` for a folder holding one or more DICOM series.
 
     Args:
         series_uid: SeriesInstanceUID (or ITK series id) to read when the folder holds several
             series; ignored when it holds one.
+        files: the series' files when already chosen (:func:`choose_series`), so the folder is not
+            listed twice.
     """
 
-    def __init__(self, series_uid: str = "", **kwargs) -> None:
+    def __init__(self, series_uid: str = "", files: Sequence[str] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.series_uid = series_uid
+        self.files = list(files) if files else None
 
     def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
         return all(Path(f).is_dir() for f in ([filename] if isinstance(filename, (str, Path)) else filename))
@@ -123,24 +172,7 @@ class DicomSeriesReader(_COrderMixin, ITKReader):
             ImageError: no DICOM series in the folder, or several and none chosen (or not found).
         """
         folder = str(data[0] if isinstance(data, (list, tuple)) else data)
-        series = list_dicom_series(folder)
-        if not series:
-            raise ImageError(f"{folder}: folder holds no DICOM series")
-        if len(series) == 1:
-            chosen = series[0]
-        else:
-            found = [s for s in series if self.series_uid and self.series_uid in (s["uid"], s["id"])]
-            listing = "; ".join(_series_label(s) for s in series)
-            if not self.series_uid:
-                raise ImageError(
-                    f"{folder}: folder holds {len(series)} DICOM series, set data.dicom_series to one of: {listing}"
-                )
-            if not found:
-                raise ImageError(
-                    f"{folder}: data.dicom_series={self.series_uid} not in folder; it holds: {listing}"
-                )
-            chosen = found[0]
-        files = chosen["files"]
+        files = self.files or choose_series(folder, self.series_uid)["files"]
         kwargs_ = {**self.kwargs, **kwargs}
         return itk.imread(files if len(files) > 1 else files[0], **kwargs_)
 
@@ -159,14 +191,121 @@ class NiftiReader(_COrderMixin, NibabelReader):
         return images if len(images) > 1 else images[0]
 
 
-def reader_for(path: Path, dicom_series: str = "", dtype: torch.dtype | None = None):
+def reader_for(
+    path: Path, dicom_series: str = "", dtype: torch.dtype | None = None, files: Sequence[str] | None = None
+):
     """The reader for ``path`` (folder: DICOM series; .nii/.nii.gz: nibabel; else ITK), whose
-    ``get_data`` gives a C-ordered array of ``dtype`` (None: as stored)."""
+    ``get_data`` gives a C-ordered array of ``dtype`` (None: as stored). ``files``: a DICOM
+    series' files when already chosen."""
     if path.is_dir():
-        reader = DicomSeriesReader(series_uid=dicom_series)
+        reader = DicomSeriesReader(series_uid=dicom_series, files=files)
     elif path.name.lower().endswith(_NIFTI_SUFFIXES):
         reader = NiftiReader()
     else:
         reader = _ITKReader()
     reader.out_dtype = dtype
     return reader
+
+
+# ------------------------------------------------------------------------------ headers
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class VolumeHeader:
+    """What a file's header says, read without its voxels.
+
+    Attributes:
+        shape: the stored dimensions (x, y, z and any further axes), as the reader will return them.
+        itemsize: bytes per voxel component as stored.
+        components: values per voxel (1 for grey-level; 3 for RGB, ...).
+        affine: 4x4 voxel-to-RAS matrix, or None where only loading gives it (DICOM series).
+        data_bytes: bytes the voxel data take in an uncompressed NIfTI stream (header included), or
+            0 when unknown; used to spot truncated files.
+        files: the chosen series' files for a DICOM folder.
+    """
+
+    shape: tuple[int, ...]
+    itemsize: int = 2
+    components: int = 1
+    affine: np.ndarray | None = None
+    data_bytes: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def _read_nifti_header(path: Path) -> VolumeHeader:
+    img = nib.load(str(path))  # lazy: reads the header only
+    hdr = img.header
+    shape = tuple(int(v) for v in hdr.get_data_shape())
+    dtype = np.dtype(hdr.get_data_dtype())
+    n = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    offset = getattr(img.dataobj, "offset", None)  # where the voxels start in the file (the
+    offset = int(hdr.get_data_offset() if offset is None else offset)  # image's header copy says 0)
+    total = offset + n * dtype.itemsize
+    components = len(dtype.names) if dtype.names else 1  # RGB NIfTI stores a record per voxel
+    return VolumeHeader(shape, dtype.itemsize, components, np.asarray(img.affine, np.float64), total)
+
+
+def _read_itk_header(path: Path) -> VolumeHeader:
+    io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        raise ImageError(f"{path}: not an image file ITK can read (NRRD, MHA/MHD, ...)")
+    io.SetFileName(str(path))
+    io.ReadImageInformation()
+    n = io.GetNumberOfDimensions()
+    shape = tuple(int(io.GetDimensions(i)) for i in range(n))
+    spacing = np.array([float(io.GetSpacing(i)) for i in range(n)])[:3]
+    origin = np.array([float(io.GetOrigin(i)) for i in range(n)])[:3]
+    affine = None
+    if n >= 3:
+        direction = np.array([io.GetDirection(i) for i in range(3)], dtype=np.float64).T[:3, :3]
+        lps = np.eye(4)
+        lps[:3, :3] = direction * spacing
+        lps[:3, 3] = origin
+        affine = _LPS_TO_RAS @ lps
+    return VolumeHeader(shape, int(io.GetComponentSize()), int(io.GetNumberOfComponents()), affine)
+
+
+def _read_dicom_header(folder: Path, series_uid: str) -> VolumeHeader:
+    chosen = choose_series(folder, series_uid)
+    io = itk.GDCMImageIO.New()
+    io.SetFileName(chosen["files"][0])
+    io.ReadImageInformation()
+    dims = [int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions())]
+    slices = len(chosen["files"]) if len(chosen["files"]) > 1 else (dims[2] if len(dims) > 2 else 1)
+    shape = (dims[0], dims[1] if len(dims) > 1 else 1, slices)
+    return VolumeHeader(
+        shape, int(io.GetComponentSize()), int(io.GetNumberOfComponents()), files=chosen["files"]
+    )
+
+
+def read_header(path: str | os.PathLike, dicom_series: str = "") -> VolumeHeader:
+    """Read the header of a scan or label (a file or a DICOM series folder) without its voxels.
+
+    Args:
+        path: a NIfTI, NRRD, MHA/MHD file or a DICOM series folder.
+        dicom_series: SeriesInstanceUID to pick when a folder holds several series.
+
+    Returns:
+        The :class:`VolumeHeader`.
+
+    Raises:
+        ImageError: the file is missing or empty, not an image, or its header is unreadable (wrong
+            magic bytes, truncated header); a folder with no or several DICOM series.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{path}: file not found")
+    if p.is_file() and p.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+    try:
+        if p.is_dir():
+            return _read_dicom_header(p, dicom_series)
+        if p.name.lower().endswith(_NIFTI_SUFFIXES):
+            return _read_nifti_header(p)
+        return _read_itk_header(p)
+    except ImageError:
+        raise
+    except Exception as exc:  # nibabel, ITK and zlib raise anything on a bad header
+        text = " ".join(str(exc).split())[:200]
+        raise ImageError(f"{path}: cannot read the image header ({type(exc).__name__}: {text})") from None

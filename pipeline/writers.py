@@ -81,13 +81,9 @@ def _remove_stale(path: Path) -> None:
 def itk_geometry(path: str | os.PathLike) -> dict:
     """Size, spacing, origin (LPS mm) and direction (3x3, columns = axes) from an ITK-readable
     file's header, without reading its voxels."""
-    import itk
+    from transforms.readers import itk_header_io
 
-    io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
-    if io is None:
-        raise ImageError(f"{path}: ITK cannot read this file")
-    io.SetFileName(str(path))
-    io.ReadImageInformation()
+    io = itk_header_io(path)
     n = io.GetNumberOfDimensions()
     return {
         "size": [int(io.GetDimensions(i)) for i in range(n)],

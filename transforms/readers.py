@@ -37,6 +37,7 @@ __all__ = [
     "VolumeHeader",
     "c_ordered",
     "choose_series",
+    "itk_header_io",
     "list_dicom_series",
     "read_header",
     "reader_for",
@@ -246,12 +247,22 @@ def _read_nifti_header(path: Path) -> VolumeHeader:
     return VolumeHeader(shape, dtype.itemsize, components, np.asarray(img.affine, np.float64), total)
 
 
-def _read_itk_header(path: Path) -> VolumeHeader:
+def itk_header_io(path: str | os.PathLike):
+    """An ITK ``ImageIO`` with ``path``'s header read (its voxels are not).
+
+    Raises:
+        ImageError: ITK has no reader for this file.
+    """
     io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
     if io is None:
         raise ImageError(f"{path}: not an image file ITK can read (NRRD, MHA/MHD, ...)")
     io.SetFileName(str(path))
     io.ReadImageInformation()
+    return io
+
+
+def _read_itk_header(path: Path) -> VolumeHeader:
+    io = itk_header_io(path)
     n = io.GetNumberOfDimensions()
     shape = tuple(int(io.GetDimensions(i)) for i in range(n))
     spacing = np.array([float(io.GetSpacing(i)) for i in range(n)])[:3]

@@ -18,7 +18,6 @@ import csv
 import importlib
 import io
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pandas as pd
 
 from pipeline.errors import ManifestError
 from pipeline.fileio import atomic_write_text
+from pipeline.label_map import parse_label_map
 
 __all__ = [
     "COLUMNS",
@@ -101,30 +101,6 @@ def resolve_path(value: str, root: str | os.PathLike) -> Path:
     """A manifest path as a ``Path``: absolute values as they are, others under ``root``."""
     p = Path(value)
     return p if p.is_absolute() else Path(root) / p
-
-
-def parse_label_map(text: str) -> dict[int, int]:
-    """Parse ``"1:1,2:1"`` into ``{1: 1, 2: 1}``; empty text gives ``{}`` (labels already {0, 1}).
-
-    Label values not in the map become 0 (background).
-
-    Raises:
-        ManifestError: a pair is not ``<int>:<int>``, a value repeats, or a class is negative.
-    """
-    out: dict[int, int] = {}
-    for pair in filter(None, (p.strip() for p in str(text or "").split(","))):
-        m = re.fullmatch(r"(-?\d+)\s*:\s*(-?\d+)", pair)
-        if m is None:
-            raise ManifestError(
-                f"label_map {text!r}: {pair!r} is not '<label value>:<class>', e.g. '1:1,2:1'"
-            )
-        src, dst = int(m.group(1)), int(m.group(2))
-        if src in out:
-            raise ManifestError(f"label_map {text!r}: label value {src} is mapped twice")
-        if dst < 0:
-            raise ManifestError(f"label_map {text!r}: class {dst} is negative")
-        out[src] = dst
-    return out
 
 
 def _text(value: Any) -> str:
@@ -239,9 +215,9 @@ def validate_manifest(
         except ValueError:
             raise ManifestError(f"{where}: fold {cell['fold'][i]!r} is not a whole number >= 0") from None
         try:
-            parse_label_map(cell["label_map"][i])
+            parse_label_map(cell["label_map"][i], where=where, classes=None)
         except ManifestError as exc:
-            raise ManifestError(f"{where}: {exc}") from None
+            raise ManifestError(str(exc)) from None
         if check_files:
             for kind in ("image", "label"):
                 problem = _path_problem(cell[kind][i], root, kind) if cell[kind][i] else None

@@ -10,39 +10,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from pipeline.errors import ImageError, ManifestError
+from pipeline.errors import ImageError
+from pipeline.label_map import parse_label_map
 
 __all__ = ["MapLabelsd", "check_label_values", "parse_label_map", "unique_values"]
-
-
-def parse_label_map(text: str, where: str = "label_map") -> dict[int, int]:
-    """Parse ``"1:1,2:1"`` (file value : class) into ``{1: 1, 2: 1}``; empty text means ``{1: 1}``.
-
-    Args:
-        text: the manifest's label_map entry.
-        where: how to name the entry in errors.
-
-    Returns:
-        Mapping of label value to class (0 or 1). Value 0 is always background.
-
-    Raises:
-        ManifestError: malformed entry or a class other than 0/1.
-    """
-    text = (text or "").strip()
-    if not text:
-        return {1: 1}
-    mapping: dict[int, int] = {}
-    for part in text.split(","):
-        try:
-            src, dst = (int(float(v)) for v in part.split(":"))
-        except ValueError:
-            raise ManifestError(f"{where}: label_map {text!r} is not of the form 'value:class,...'") from None
-        if src < 0:
-            raise ManifestError(f"{where}: label_map {text!r} names a negative label value {src}")
-        if dst not in (0, 1):
-            raise ManifestError(f"{where}: label_map {text!r} maps {src} to class {dst}; classes are 0 and 1")
-        mapping[src] = dst
-    return mapping
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

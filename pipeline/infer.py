@@ -3,7 +3,7 @@
 One code path serves ``pancreas-seg infer`` and cross-validation's held-out predictions:
 :func:`load_predictor` (one checkpoint, or every fold's best checkpoint of a CV run as an ensemble),
 :class:`~pipeline.predictor.Predictor` (one scan) and :func:`predict_cases` (a batch: skip finished
-cases, isolate failures, write ``timings.csv``). Per case it writes ``<case_id><ext>`` in the
+cases, isolate failures, write ``timings.csv`` and ``inputs.csv``). Per case it writes ``<case_id><ext>`` in the
 input's format (NIfTI for a DICOM series), optionally ``<case_id>_prob<ext>`` and, for DICOM
 series, ``<case_id>_seg.dcm``; each file goes to a temporary name first and the mask is renamed
 into place last, so an existing mask means a finished case.
@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("pancreas_seg")
+INPUTS_NAME = "inputs.csv"  # case_id, subject_id, image of every mask in the folder
 TIMING_COLUMNS = (
     "case_id",
     "load_s",
@@ -238,7 +239,8 @@ def predict_cases(
     """Predict every record into ``out_dir``, with a progress bar on a terminal.
 
     A case whose mask exists is skipped unless ``overwrite``; a case that fails is logged and the
-    others still run. Per-case timings (:data:`TIMING_COLUMNS`) are merged into ``out_dir/timings.csv``.
+    others still run. Per-case timings (:data:`TIMING_COLUMNS`) are merged into ``out_dir/timings.csv``
+    and the scans behind the masks into ``out_dir/inputs.csv`` (for ``pancreas-seg report``).
     Under ``torchrun`` each rank predicts every N-th case, rank 0 merges all ranks' timings, and
     every rank returns the whole job's outcome.
 
@@ -284,6 +286,7 @@ def predict_cases(
             )
         if rows and dist.is_main():
             _merge_timings(out_dir / timings_name, rows)
+            _merge_inputs(out_dir / INPUTS_NAME, all_records)
     if dist.is_distributed():
         parts = dist.all_gather_objects((written, skipped, failed))
         order = {output_path(out_dir, str(r["case_id"]), r["image"]): i for i, r in enumerate(all_records)}
@@ -324,6 +327,30 @@ def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -
     t = {**pred.timings, "save_s": time.perf_counter() - t_save, "total_s": time.perf_counter() - start}
     log.info("%s: %s (%.1f s)", case, target, t["total_s"])
     return {"case_id": case, **t, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _merge_inputs(path: Path, records: Sequence[dict]) -> None:
+    """Record which scan each mask came from (``inputs.csv``, a manifest without labels), so that
+    ``pancreas-seg report OUT`` draws the masks on their scans without ``--manifest``."""
+    from pipeline.manifest import read_manifest, write_manifest
+
+    new = pd.DataFrame(
+        [
+            {
+                "case_id": str(r["case_id"]),
+                "subject_id": str(r.get("subject_id") or r["case_id"]),
+                "image": r["image"],
+            }
+            for r in records
+        ]
+    )
+    if path.exists():
+        try:
+            old = read_manifest(path)[["case_id", "subject_id", "image"]]
+            new = pd.concat([old[~old["case_id"].isin(new["case_id"])], new], ignore_index=True)
+        except (PipelineError, KeyError):
+            log.warning("warning: %s is not an inputs table; replacing it", path)
+    write_manifest(new, path, root=Path.cwd())
 
 
 def _merge_timings(path: Path, rows: list[dict]) -> None:

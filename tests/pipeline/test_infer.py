@@ -20,6 +20,7 @@ from pipeline.cli import main
 from pipeline.config import config_to_dict, save_config
 from pipeline.errors import CheckpointError, ConfigError, ImageError
 from pipeline.infer import TIMING_COLUMNS, discover_inputs, load_predictor, predict_cases
+from pipeline.manifest import case_records, read_manifest
 from pipeline.phantom import make_phantom, save_phantom
 from pipeline.predictor import Predictor, inference_perf, keep_largest_component
 from pipeline.writers import itk_geometry, save_like
@@ -242,6 +243,12 @@ def test_batch_isolates_a_bad_scan_and_rerun_skips_finished_cases(tmp_path, ckpt
     done = {p.name: p.stat().st_mtime_ns for p in (out / "a.nii.gz", out / "c.nrrd")}
     assert not (out / "b.nii.gz").exists() and not list(out.glob(".*tmp*"))
     assert sorted(pd.read_csv(out / "timings.csv")["case_id"]) == ["a", "c"]
+    # inputs.csv says which scan each mask came from, so the report draws masks on their scans
+    scans = {r["case_id"]: Path(r["image"]) for r in case_records(read_manifest(out / "inputs.csv"))}
+    assert scans == {"a": inputs / "a.nii.gz", "c": inputs / "c.nrrd"}
+    assert main(["report", str(out), "--max-cases", "1"]) == 0
+    html = (out / "report.html").read_text()
+    assert "drawn on black" not in html and "No manifest" not in html
 
     assert main(argv) == 3  # b still fails; a and c are skipped, not recomputed
     assert {p: (out / p).stat().st_mtime_ns for p in done} == done

@@ -66,4 +66,8 @@ def test_console_script_nan_scan_in_a_batch(world, tmp_path):
     proc = _run(["infer", "--model", world.checkpoint, "--input", scans, "--out", tmp_path / "out"])
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("pancreas-seg: bad: ImageError: ")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "inputs.csv", "timings.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "good.nii.gz",
+        "inputs.csv",
+        "timings.csv",
+    ]

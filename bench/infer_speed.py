@@ -6,7 +6,7 @@ not depend on the weights) are written to a work folder. Then, in one run:
 
 1. ``pancreas-seg infer`` with the default settings in a fresh process (what a user waits for:
    imports, model loading, all stages), wall time and the child's peak RSS;
-2. each variant below through :func:`pipeline.infer.predict_cases` (its ``timings.csv`` stages
+2. each variant below through :func:`pipeline.batch.predict_cases` (its ``timings.csv`` stages
    and per-case peak RSS), the variants taking turns within each repeat so that load from other
    processes hits all of them alike. The table gives medians, the speed-up over float32 and the
    Dice of each variant's mask against the float32 mask.

@@ -2,8 +2,9 @@
 
 One code path serves ``pancreas-seg infer`` and cross-validation's held-out predictions:
 :func:`load_predictor` (one checkpoint, or every fold's best checkpoint of a CV run as an ensemble),
-:class:`~pipeline.predictor.Predictor` (one scan) and :func:`predict_cases` (a batch: skip finished
-cases, isolate failures, write ``timings.csv`` and ``inputs.csv``). Per case it writes ``<case_id><ext>`` in the
+:class:`~pipeline.predictor.Predictor` (one scan) and :func:`~pipeline.batch.predict_cases` (a
+batch: skip finished cases, isolate failures, write ``timings.csv`` and ``inputs.csv``; re-exported
+here). Per case it writes ``<case_id><ext>`` in the
 input's format (NIfTI for a DICOM series), optionally ``<case_id>_prob<ext>`` and, for DICOM
 series, ``<case_id>_seg.dcm``; each file goes to a temporary name first and the mask is renamed
 into place last, so an existing mask means a finished case.
@@ -11,21 +12,15 @@ into place last, so an existing mask means a finished case.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
+from pipeline.batch import TIMING_COLUMNS, predict_cases
 from pipeline.config import Config
-from pipeline.errors import CheckpointError, ConfigError, ImageError, OutputError, PipelineError
-from pipeline.fileio import atomic_write
+from pipeline.errors import CheckpointError, ConfigError, ImageError
 from pipeline.predictor import Prediction, Predictor
-from pipeline.writers import output_path, save_like
 
 __all__ = [
     "Prediction",
@@ -37,39 +32,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pancreas_seg")
-INPUTS_NAME = "inputs.csv"  # case_id, subject_id, image of every mask in the folder
-TIMING_COLUMNS = (
-    "case_id",
-    "load_s",
-    "preprocess_s",
-    "network_s",
-    "stitch_s",
-    "invert_s",
-    "save_s",
-    "total_s",
-    "peak_rss_mb",
-)
-
-
-# ------------------------------------------------------------------------------ memory
-def _reset_peak_rss() -> bool:
-    try:  # Linux: "5" resets this process's peak RSS (VmHWM), so each case gets its own peak
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        pass
-    import resource  # elsewhere: the process's peak so far
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -203,168 +165,3 @@ def load_predictor(
     nets = [load_network(p, expect=cfg.model)[0] for p in paths]
     log.info("model: %d network(s) from %s", len(nets), ", ".join(str(i) for i in items))
     return Predictor(nets, cfg)
-
-
-# ------------------------------------------------------------------------------ batch
-def _check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir, prefix=".write_test"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: output folder cannot be written ({exc.strerror or exc})") from None
-
-
-def _save_outputs(pred: Prediction, rec: dict, out_dir: Path, predictor: Predictor) -> Path:
-    """Write the extras first and the mask last (its presence marks a finished case)."""
-    case, image = rec["case_id"], rec["image"]
-    if pred.probability is not None:
-        save_like(pred.probability, pred.affine, output_path(out_dir, case, image, "_prob"), image)
-    if predictor.cfg.infer.dicom_seg and Path(image).is_dir():
-        from pipeline.dicom_seg import SEG_SUFFIX, write_dicom_seg
-
-        write_dicom_seg(
-            pred.mask, pred.affine, image, out_dir / f"{case}{SEG_SUFFIX}", predictor.cfg.data.dicom_series
-        )
-    return save_like(pred.mask, pred.affine, output_path(out_dir, case, image), reference=image)
-
-
-def predict_cases(
-    predictor: Predictor,
-    records: Sequence[dict],
-    out_dir: str | os.PathLike,
-    overwrite: bool = False,
-    timings_name: str = "timings.csv",
-) -> dict:
-    """Predict every record into ``out_dir``, with a progress bar on a terminal.
-
-    A case whose mask exists is skipped unless ``overwrite``; a case that fails is logged and the
-    others still run. Per-case timings (:data:`TIMING_COLUMNS`) are merged into ``out_dir/timings.csv``
-    and the scans behind the masks into ``out_dir/inputs.csv`` (for ``pancreas-seg report``).
-    Under ``torchrun`` each rank predicts every N-th case, rank 0 merges all ranks' timings, and
-    every rank returns the whole job's outcome.
-
-    Returns:
-        ``{"written": [mask paths], "skipped": [mask paths], "failed": {case_id: message}}``.
-
-    Raises:
-        PipelineError: ``out_dir`` cannot be created or written (checked before any case runs), or
-            a write fails midway (disk full); ConfigError: DICOM SEG asked for without highdicom.
-    """
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from pipeline import distributed as dist
-
-    out_dir = Path(out_dir)
-    _check_writable(out_dir)
-    all_records, records = records, dist.shard(records)  # under torchrun: case i goes to rank i % N
-    if predictor.cfg.infer.dicom_seg and any(Path(r["image"]).is_dir() for r in records):
-        from pipeline.dicom_seg import require_highdicom
-
-        require_highdicom()
-    written, skipped, failed, rows = [], [], {}, []
-    tty = _tty()
-    try:
-        with logging_redirect_tqdm() if tty else contextlib.nullcontext():  # log lines above the bar
-            for rec in tqdm(records, desc="infer", unit="case", disable=not tty):
-                case = str(rec["case_id"])
-                target = output_path(out_dir, case, rec["image"])
-                if target.exists() and not overwrite:
-                    skipped.append(target)
-                    continue
-                row = _predict_one(predictor, rec, out_dir, failed)
-                if row is not None:
-                    rows.append(row)
-                    written.append(target)
-    finally:
-        if dist.is_distributed():  # every rank's rows, merged by rank 0 alone
-            rank_of = {str(r["case_id"]): i for i, r in enumerate(all_records)}
-            rows = sorted(
-                (row for part in dist.all_gather_objects(rows) for row in part),
-                key=lambda row: rank_of.get(row["case_id"], len(rank_of)),
-            )
-        if rows and dist.is_main():
-            _merge_timings(out_dir / timings_name, rows)
-            _merge_inputs(out_dir / INPUTS_NAME, all_records)
-    if dist.is_distributed():
-        parts = dist.all_gather_objects((written, skipped, failed))
-        order = {output_path(out_dir, str(r["case_id"]), r["image"]): i for i, r in enumerate(all_records)}
-        written = sorted((p for w, _, _ in parts for p in w), key=order.__getitem__)
-        skipped = sorted((p for _, s, _ in parts for p in s), key=order.__getitem__)
-        failed = {c: m for _, _, f in parts for c, m in f.items()}
-    if skipped:
-        log.info("%d case(s) skipped: output exists (use --overwrite to recompute)", len(skipped))
-    return {"written": written, "skipped": skipped, "failed": failed}
-
-
-def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -> dict | None:
-    """Predict and save one case; a failure goes into ``failed`` and returns None."""
-    case = str(rec["case_id"])
-    _reset_peak_rss()
-    start = time.perf_counter()
-    try:
-        pred = predictor.predict(rec)
-    except PipelineError as exc:
-        failed[case] = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - one odd scan must not stop a batch
-        failed[case] = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        log.debug("%s: traceback", case, exc_info=True)
-    if case in failed:
-        log.error("%s: failed: %s", case, failed[case])
-        return None
-    t_save = time.perf_counter()
-    try:
-        target = _save_outputs(pred, rec, out_dir, predictor)
-    except PipelineError as exc:  # e.g. a DICOM SEG that cannot reference its series
-        failed[case] = f"{type(exc).__name__}: {exc}"
-        log.error("%s: failed: %s", case, failed[case])
-        return None
-    except OSError as exc:  # the folder was writable a moment ago: disk full, removed, ...
-        raise PipelineError(
-            f"{out_dir}: cannot write the outputs of {case} ({exc.strerror or exc})"
-        ) from None
-    t = {**pred.timings, "save_s": time.perf_counter() - t_save, "total_s": time.perf_counter() - start}
-    log.info("%s: %s (%.1f s)", case, target, t["total_s"])
-    return {"case_id": case, **t, "peak_rss_mb": _peak_rss_mb()}
-
-
-def _merge_inputs(path: Path, records: Sequence[dict]) -> None:
-    """Record which scan each mask came from (``inputs.csv``, a manifest without labels), so that
-    ``pancreas-seg report OUT`` draws the masks on their scans without ``--manifest``."""
-    from pipeline.manifest import read_manifest, write_manifest
-
-    new = pd.DataFrame(
-        [
-            {
-                "case_id": str(r["case_id"]),
-                "subject_id": str(r.get("subject_id") or r["case_id"]),
-                "image": r["image"],
-            }
-            for r in records
-        ]
-    )
-    if path.exists():
-        try:
-            old = read_manifest(path)[["case_id", "subject_id", "image"]]
-            new = pd.concat([old[~old["case_id"].isin(new["case_id"])], new], ignore_index=True)
-        except (PipelineError, KeyError):
-            log.warning("warning: %s is not an inputs table; replacing it", path)
-    write_manifest(new, path, root=Path.cwd())
-
-
-def _merge_timings(path: Path, rows: list[dict]) -> None:
-    new = pd.DataFrame(rows, columns=list(TIMING_COLUMNS))
-    if path.exists():
-        try:
-            old = pd.read_csv(path, dtype={"case_id": str})
-            new = pd.concat([old[~old["case_id"].isin(new["case_id"])], new], ignore_index=True)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError):
-            log.warning("warning: %s is not a timings table; replacing it", path)
-    atomic_write(path, lambda tmp: new[list(TIMING_COLUMNS)].to_csv(tmp, index=False, float_format="%.4f"))
-
-
-def _tty() -> bool:
-    import sys
-
-    return sys.stderr.isatty()

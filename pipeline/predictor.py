@@ -4,7 +4,7 @@
 :meth:`Predictor.predict` runs the stages that ``timings.csv`` reports: load, preprocess (the
 canonical grid and intensities of training), network and stitch (``monai.inferers.SlidingWindowInferer``,
 softmax averaged over networks and flips inside each window), invert (back to the input grid through
-the chain's inverse, then threshold). Batch handling and files are in :mod:`pipeline.infer`.
+the chain's inverse, then threshold). Batch handling and files are in :mod:`pipeline.batch`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import statistics
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipeline.runtime import peak_rss_mb, reset_peak_rss
 
 SHAPE = (512, 512, 200)
 SPACING = (0.8, 0.8, 2.5)
@@ -42,24 +43,6 @@ def write_scan(path: str) -> None:
     affine = np.diag([*SPACING, 1.0])
     affine[:3, 3] = [-200.0, -200.0, -250.0]
     nib.save(nib.Nifti1Image(vol, affine), path)
-
-
-def _reset_peak() -> bool:
-    try:  # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _current_mb() -> float:
@@ -131,10 +114,10 @@ def main() -> None:
         base = _current_mb()
         run_once(path, chain, names)  # warm-up: first-use imports, allocator
         runs = []
-        measured_peak = _reset_peak()
+        measured_peak = reset_peak_rss()
         for _ in range(args.repeats):
             runs.append(run_once(path, chain, names)[0])
-        peak = _peak_mb()
+        peak = peak_rss_mb()
         _, info = run_once(path, chain, names)
 
         print(
@@ -163,11 +146,11 @@ def main() -> None:
             t0 = time.perf_counter()
             invert_to_original({**ours_chain_data, "pred": label}, chain, nearest=True)
             t_ours.append(time.perf_counter() - t0)
-            _reset_peak()
+            reset_peak_rss()
             t0 = time.perf_counter()
             invert_to_original({**data, "pred": label}, monai_chain, nearest=True)
             t_monai.append(time.perf_counter() - t0)
-        monai_peak = _peak_mb()
+        monai_peak = peak_rss_mb()
         assert isinstance(sp, CTSpacingd)
         print(
             f"invert label: CTSpacingd {min(t_ours):.3f} s vs MONAI Spacingd {min(t_monai):.3f} s "

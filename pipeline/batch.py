@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline.errors import OutputError, PipelineError
 from pipeline.fileio import atomic_write
 from pipeline.predictor import Prediction, Predictor
+from pipeline.runtime import peak_rss_mb, reset_peak_rss
 from pipeline.writers import output_path, save_like
 
 __all__ = ["INPUTS_NAME", "TIMING_COLUMNS", "predict_cases"]
@@ -38,28 +39,6 @@ TIMING_COLUMNS = (
 )
 
 
-# ------------------------------------------------------------------------------ memory
-def _reset_peak_rss() -> bool:
-    try:  # Linux: "5" resets this process's peak RSS (VmHWM), so each case gets its own peak
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        pass
-    import resource  # elsewhere: the process's peak so far
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-# ------------------------------------------------------------------------------ batch
 def _check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +134,7 @@ def predict_cases(
 def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -> dict | None:
     """Predict and save one case; a failure goes into ``failed`` and returns None."""
     case = str(rec["case_id"])
-    _reset_peak_rss()
+    reset_peak_rss()
     start = time.perf_counter()
     try:
         pred = predictor.predict(rec)
@@ -180,7 +159,7 @@ def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -
         ) from None
     t = {**pred.timings, "save_s": time.perf_counter() - t_save, "total_s": time.perf_counter() - start}
     log.info("%s: %s (%.1f s)", case, target, t["total_s"])
-    return {"case_id": case, **t, "peak_rss_mb": _peak_rss_mb()}
+    return {"case_id": case, **t, "peak_rss_mb": peak_rss_mb()}
 
 
 def _merge_inputs(path: Path, records: Sequence[dict]) -> None:

@@ -34,6 +34,8 @@ __all__ = [
     "prepare_input",
     "set_threads",
     "configure_process",
+    "reset_peak_rss",
+    "peak_rss_mb",
 ]
 
 log = logging.getLogger(__name__)
@@ -210,3 +212,25 @@ def set_threads(perf: PerfConfig) -> None:
         raise ConfigError(f"perf.threads={perf.threads}: must be >= 0 (0 keeps torch's default)")
     if perf.threads > 0:
         torch.set_num_threads(perf.threads)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory (Linux); False where that is not possible."""
+    try:  # Linux: "5" resets this process's peak RSS (VmHWM), so each case gets its own peak
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB since the last :func:`reset_peak_rss`."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    import resource  # elsewhere: the process's peak so far
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

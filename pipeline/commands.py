@@ -212,15 +212,15 @@ def cmd_cv(args: argparse.Namespace) -> int:
     records = case_records(read_manifest(args.manifest, require_labels=True))
     _preflight(cfg, records, args.manifest, Path(args.out), folds)
     if args.parallel_folds:
-        from pipeline.manifest import read_manifest
+        from pipeline.cv import format_summary
         from pipeline.parallel_folds import run_parallel_folds
 
         if folds is None:
-            df = read_manifest(args.manifest, require_labels=True)
-            folds = sorted({int(f) for f in df["fold"].dropna() if int(f) >= 0})
-        run_parallel_folds(
+            folds = sorted({int(r["fold"]) for r in records if int(r["fold"]) >= 0})
+        summary = run_parallel_folds(
             cfg, args.manifest, args.out, folds, args.parallel_folds, args.config, args.overrides
         )
+        log.info(format_summary(summary))
     else:
         run_cv(cfg, args.manifest, args.out, folds)
     log.info("wrote %s/cv_metrics.csv and %s/cv_summary.json", args.out, args.out)

@@ -173,13 +173,14 @@ def test_fold_lock_refuses_a_second_process(tmp_path):
         pass
 
 
-def test_parallel_folds_share_one_run_folder(tiny_dataset, tmp_path):
+def test_parallel_folds_share_one_run_folder(tiny_dataset, tmp_path, capsys):
     """Two fold processes at once write one run folder: both folds, one aggregated table."""
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY.replace("epochs: 2", "epochs: 1"))
     run = tmp_path / "run"
     argv = ["cv", "--manifest", str(tiny_dataset), "--out", str(run), "--config", str(config)]
     assert main([*argv, "--parallel-folds", "2"]) == 0
+    assert "all " in capsys.readouterr().err  # the summary table of both folds
     for k in (0, 1):
         assert (run / f"fold_{k}" / "DONE").exists() and (run / f"fold_{k}" / "cv.log").exists()
     table = pd.read_csv(run / "cv_metrics.csv")

@@ -111,24 +111,33 @@ def predict_cases(
                     rows.append(row)
                     written.append(target)
     finally:
-        if dist.is_distributed():  # every rank's rows, merged by rank 0 alone
-            rank_of = {str(r["case_id"]): i for i, r in enumerate(all_records)}
-            rows = sorted(
-                (row for part in dist.all_gather_objects(rows) for row in part),
-                key=lambda row: rank_of.get(row["case_id"], len(rank_of)),
+        if dist.is_distributed():  # every rank's outcome, in input order; rank 0 writes the tables
+            written, skipped, failed, rows = _gather_ranks(
+                all_records, out_dir, written, skipped, failed, rows
             )
         if rows and dist.is_main():
             _merge_timings(out_dir / timings_name, rows)
             _merge_inputs(out_dir / INPUTS_NAME, all_records)
-    if dist.is_distributed():
-        parts = dist.all_gather_objects((written, skipped, failed))
-        order = {output_path(out_dir, str(r["case_id"]), r["image"]): i for i, r in enumerate(all_records)}
-        written = sorted((p for w, _, _ in parts for p in w), key=order.__getitem__)
-        skipped = sorted((p for _, s, _ in parts for p in s), key=order.__getitem__)
-        failed = {c: m for _, _, f in parts for c, m in f.items()}
     if skipped:
         log.info("%d case(s) skipped: output exists (use --overwrite to recompute)", len(skipped))
     return {"written": written, "skipped": skipped, "failed": failed}
+
+
+def _gather_ranks(
+    records: Sequence[dict], out_dir: Path, written: list, skipped: list, failed: dict, rows: list
+) -> tuple[list, list, dict, list]:
+    """Merge every torchrun rank's outcome of :func:`predict_cases`, ordered as ``records``."""
+    from pipeline import distributed as dist
+
+    case_of = {output_path(out_dir, str(r["case_id"]), r["image"]): str(r["case_id"]) for r in records}
+    index = {case: i for i, case in enumerate(case_of.values())}
+    parts = dist.all_gather_objects((written, skipped, failed, rows))
+    return (
+        sorted((p for part in parts for p in part[0]), key=lambda p: index[case_of[p]]),
+        sorted((p for part in parts for p in part[1]), key=lambda p: index[case_of[p]]),
+        {c: m for part in parts for c, m in part[2].items()},
+        sorted((row for part in parts for row in part[3]), key=lambda row: index[row["case_id"]]),
+    )
 
 
 def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -> dict | None:

@@ -177,11 +177,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.train import train_fold
 
     cfg = _config(args)
-    df = read_manifest(args.manifest, require_labels=True)
-    _preflight(cfg, case_records(df), args.manifest, Path(args.out), [args.fold])
+    records = case_records(read_manifest(args.manifest, require_labels=True))
+    _preflight(cfg, records, args.manifest, Path(args.out), [args.fold])
     distributed.join(cfg.perf)
     run = prepare_run_dir(cfg, args.out)
-    result = train_fold(cfg, case_records(df), args.fold, run / f"fold_{args.fold}")
+    result = train_fold(cfg, records, args.fold, run / f"fold_{args.fold}")
     log.info(
         "fold %d: %d epochs, best validation Dice %.4f; best checkpoint %s",
         args.fold,

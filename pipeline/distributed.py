@@ -48,7 +48,6 @@ __all__ = [
     "mean_across_ranks",
     "any_across_ranks",
     "wrap_ddp",
-    "unwrap",
     "describe_failure",
 ]
 
@@ -222,11 +221,6 @@ def wrap_ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         else None
     )
     return DistributedDataParallel(net, device_ids=ids)
-
-
-def unwrap(net: torch.nn.Module) -> torch.nn.Module:
-    """The plain network inside a DDP wrapper (checkpoints store its state, without ``module.``)."""
-    return net.module if hasattr(net, "module") and isinstance(net.module, torch.nn.Module) else net
 
 
 def describe_failure(exc: BaseException) -> str | None:

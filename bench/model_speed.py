@@ -4,7 +4,13 @@ Times a training step (batch 2, forward + backward + Adam step, deep-supervision
 64^3 and 96^3 patches and inference on one 96^3 patch, for our network with several speed options,
 our plain U-Net (``attention=False``) and ``monai.networks.nets.AttentionUnet`` with the same
 channels. Every model sees the same input; the variants take turns within each repeat and the
-fastest repeat counts, so load from other processes hits all of them alike. FLOPs come from
+fastest repeat counts, so load from other processes hits all of them alike. The CPU option
+``retain`` (``perf.retain_memory``: the C allocator keeps freed memory, so activations are not
+page-faulted in afresh on every pass) is process-wide; it is switched on and off between the
+variants that ask for it and those that do not. "monai fp32" is MONAI's network as its users run
+it (no option, glibc's default allocator) and the baseline of the targets; the rows "monai
+fp32+retain" and "monai <fastest options>" give MONAI the same process setting and options, for
+reference. FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products), achieved GFLOP/s
 are compared with a float32 GEMM (``torch.mm``) timed in the same run.
 
@@ -39,6 +45,7 @@ from pipeline.runtime import (  # noqa: E402
     cpu_supports_bf16,
     prepare_input,
     prepare_model,
+    retain_freed_memory,
 )
 
 CHANNELS = (16, 32, 64, 128, 256)
@@ -62,7 +69,7 @@ def build(family: str) -> torch.nn.Module:
 
 
 def variants(device: torch.device, quick: bool, compile_: bool) -> list[Variant]:
-    base = PerfConfig(device=device.type, amp=False, bf16=False, channels_last=False)
+    base = PerfConfig(device=device.type, amp=False, bf16=False, channels_last=False, retain_memory=False)
     if device.type == "cuda":
         opts = {
             "fp32": base,
@@ -70,19 +77,25 @@ def variants(device: torch.device, quick: bool, compile_: bool) -> list[Variant]
             "amp+cl": replace(base, amp=True, channels_last=True),
         }
         fast = "amp+cl"
+        reference = ["fp32", fast]
     else:
         bf16 = cpu_supports_bf16()
         opts = {"fp32": base, "cl": replace(base, channels_last=True)}
         if bf16:
             opts["bf16"] = replace(base, bf16=True)
             opts["cl+bf16"] = replace(base, bf16=True, channels_last=True)
-        fast = "cl+bf16" if bf16 else "cl"
+        best = "cl+bf16" if bf16 else "cl"
+        fast = best + "+retain"
+        opts[fast] = replace(opts[best], retain_memory=True)
+        reference = ["fp32", "fp32+retain", fast]
+        opts["fp32+retain"] = replace(base, retain_memory=True)
     if compile_:
         opts[fast + "+compile"] = replace(opts[fast], compile=True)
-    names = list(opts) if not quick else ["fp32", fast]
+    ours = [n for n in opts if n != "fp32+retain"]
+    names = ours if not quick else list(dict.fromkeys(["fp32", fast.removesuffix("+retain"), fast]))
     out = [Variant(f"ours {n}", "ours", opts[n]) for n in names]
     out += [Variant(f"unet {n}", "unet", opts[n]) for n in ("fp32", fast)]
-    out += [Variant("monai fp32", "monai", base), Variant(f"monai {fast}", "monai", opts[fast])]
+    out += [Variant(f"monai {n}", "monai", opts[n]) for n in reference]
     return out
 
 
@@ -140,6 +153,8 @@ class Task:
 
     def run(self, v: Variant) -> float:
         model, opt, loss_fn, x = self.state[v.name]
+        if self.device.type == "cpu":
+            retain_freed_memory(v.perf.retain_memory)  # process-wide: set for each variant
         sync(self.device)
         t = time.perf_counter()
         if self.kind == "train":
@@ -187,7 +202,7 @@ def main() -> None:
     ap.add_argument("--huge-pages", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 for all models")
     args = ap.parse_args()
     device = torch.device(args.device)
-    configure_process(PerfConfig(threads=args.threads, huge_pages=args.huge_pages))
+    configure_process(PerfConfig(threads=args.threads, huge_pages=args.huge_pages, retain_memory=False))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels (all models)
     repeats = args.repeats or (
@@ -205,6 +220,8 @@ def main() -> None:
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats}, THP {thp}"
     )
     print(f"float32 GEMM (torch.mm 2048^3): {gemm:.0f} GFLOP/s")
+    if device.type == "cuda" or cpu_supports_bf16():
+        print(f"bfloat16 GEMM (torch.mm 2048^3): {gemm_gflops(device, torch.bfloat16):.0f} GFLOP/s")
     times: dict[tuple[str, str], float] = {}
     flops: dict[tuple[str, str], float] = {}
     for task in tasks:
@@ -257,10 +274,9 @@ def report(tasks, vs, times, flops, gemm) -> None:
                 g = times[(lab, f"ours {o}")] / times[(lab, f"unet {o}")]
                 ok = "ok" if g <= 1.15 else "MISSED"
                 print(f"  {lab}: attention gates, ours {o} / unet {o} = {g:.2f} [<= 1.15] {ok}")
-        fast_monai = [v.name for v in vs if v.family == "monai" and v.name != "monai fp32"]
-        for name in fast_monai:
+        for name in [v.name for v in vs if v.family == "monai" and v.name != "monai fp32"]:
             r = times[(lab, best.name)] / times[(lab, name)]
-            print(f"  {lab}: fastest ours / {name} (same options for MONAI, for reference) = {r:.2f}")
+            print(f"  {lab}: fastest ours / {name} (MONAI given the same setting, for reference) = {r:.2f}")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ class AttentionUNet(nn.Module):
         - The gates of one level run as one module with stacked convs, and ``W(alpha*x)`` is
           computed as ``alpha*(W_lin x) + b`` (:class:`~models.attention_gate.GridAttentionGate`).
         - 1^d convs to a few channels (heads, fusion) run as matrix products on contiguous
-          inputs; linear resampling keeps channels-last gradients channels-last and runs in the
-          input's dtype under autocast (:mod:`models.blocks`).
+          inputs; linear resampling keeps channels-last gradients channels-last, runs in the
+          input's dtype under autocast, and resamples few-channel tensors (heads, attention
+          maps) one axis at a time by matrix products (:func:`models.blocks.resize_to`).
         - For inference, :func:`models.blocks.fold_batch_norm` folds the batch norms into the
           convolutions (``pipeline.runtime.prepare_model(..., inference=True)``).
 

@@ -151,6 +151,7 @@ class PerfConfig:
     compile: bool = False  # torch.compile
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     huge_pages: bool = False  # transparent huge pages for large CPU tensors (THP_MEM_ALLOC_ENABLE)
+    retain_memory: bool = True  # glibc keeps freed memory for reuse: no page faults per activation
 
 
 @dataclass

@@ -105,13 +105,14 @@ class Predictor:
     """
 
     def __init__(self, networks: Sequence[torch.nn.Module], cfg: Config):
-        from pipeline.runtime import prepare_model, select_device
+        from pipeline.runtime import configure_process, prepare_model, select_device
         from transforms import build_infer_transforms
 
         if not networks:
             raise ConfigError("no networks to predict with")
         self.cfg = cfg
         self.device = select_device(cfg.perf)
+        configure_process(cfg.perf)
         self.perf = inference_perf(cfg, self.device)
         self.networks = [prepare_model(n.eval(), self.device, self.perf, inference=True) for n in networks]
         self.transform = build_infer_transforms(cfg, with_label=True)  # the label only when asked for

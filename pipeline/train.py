@@ -156,13 +156,13 @@ def build_engines(
     from monai.utils import set_determinism
 
     from models import build_model
-    from pipeline.runtime import autocast_context, prepare_model, select_device, set_threads
+    from pipeline.runtime import autocast_context, configure_process, prepare_model, select_device
     from pipeline.tracking import attach_mlflow
     from transforms import build_train_transforms, build_val_transforms, make_dataset
 
     fold_dir = Path(fold_dir)
     ckpt_dir = fold_dir / "checkpoints"
-    set_threads(cfg.perf)
+    configure_process(cfg.perf)
     set_determinism(seed=cfg.train.seed)
     device = select_device(cfg.perf)
     dist.setup(device)  # no-op unless started by torchrun

@@ -184,3 +184,34 @@ def test_overfits_a_phantom(overfit, phantom):
         pred = overfit["model"](image).argmax(1, keepdim=True)
     assert dice(pred, label) > 0.9, overfit
     assert overfit["steps"] <= 300
+
+
+@pytest.mark.parametrize(
+    "shape,size",
+    [
+        ((2, 3, 6, 5, 4), (48, 20, 8)),  # x8, x4, x2 as the deep-supervision heads
+        ((1, 2, 12, 12, 12), (24, 24, 24)),  # an attention map back to its skip's grid
+        ((1, 1, 9, 7, 8), (4, 5, 6)),  # shrinking, and sizes that are no multiples
+        ((2, 2, 5, 7), (20, 14)),  # 2-D
+    ],
+)
+def test_separable_resize_equals_interpolate(shape, size):
+    """Few-channel tensors take the matrix-product path of resize_to: same values and gradients."""
+    from models.blocks import SEPARABLE_MAX_CHANNELS, resize_to
+
+    assert shape[1] <= SEPARABLE_MAX_CHANNELS
+    mode = "trilinear" if len(shape) == 5 else "bilinear"
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    y = resize_to(x, size)
+    ref = F.interpolate(x, size=size, mode=mode, align_corners=False)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    w = torch.randn_like(ref)
+    (g,) = torch.autograd.grad((y * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)
+    cl = (
+        x.detach()
+        .float()
+        .contiguous(memory_format=torch.channels_last_3d if len(shape) == 5 else torch.channels_last)
+    )
+    torch.testing.assert_close(resize_to(cl, size), ref.detach().float(), rtol=1e-5, atol=1e-5)

@@ -149,3 +149,42 @@ def test_configure_process_enables_huge_pages(monkeypatch):
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
     runtime.configure_process(PerfConfig(huge_pages=True))
     assert runtime.os.environ["THP_MEM_ALLOC_ENABLE"] == "0"  # the user's explicit choice wins
+
+
+def test_retain_freed_memory_keeps_big_blocks_mapped():
+    """With retention a freed 64 MB block is reused from the heap; without it glibc unmaps it."""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        assert runtime.retain_freed_memory(True) is False  # nothing to do on other C libraries
+        return
+
+    def rss_mb() -> float:
+        for line in runtime.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+        raise AssertionError("no VmRSS")
+
+    def rss_after_free() -> float:
+        t = torch.ones(16 * 2**20)  # 64 MB, touched
+        before = rss_mb()
+        del t
+        return before - rss_mb()  # what freeing it gave back
+
+    try:
+        assert runtime.retain_freed_memory(True) is True
+        kept = rss_after_free()
+        assert runtime.retain_freed_memory(False) is True
+        returned = rss_after_free()
+    finally:
+        runtime.retain_freed_memory(False)
+    assert kept < 16, f"retention on, yet {kept:.0f} MB went back to the system"
+    assert returned > 48, f"retention off, yet only {returned:.0f} MB went back to the system"
+
+
+def test_configure_process_applies_retention(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runtime, "retain_freed_memory", calls.append)
+    runtime.configure_process(PerfConfig())
+    runtime.configure_process(PerfConfig(retain_memory=False))
+    assert calls == [True, False]  # on by default, off on request

@@ -40,6 +40,7 @@ VARIANTS = [  # (name, overrides); the default is infer.precision=auto
     ("default, sw_batch_size=1", ["infer.sw_batch_size=1"]),
     ("default, sw_batch_size=4", ["infer.sw_batch_size=4"]),
     ("default, overlap=0.25", ["infer.overlap=0.25"]),
+    ("default, retain_memory=false", ["perf.retain_memory=false"]),
 ]
 
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import conv_type, norm_type, resize_to
+from models.blocks import conv_type, norm_type
+from models.resample import resize_to
 
 __all__ = ["GridAttentionGate", "MultiGateAttention"]
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from models.attention_gate import MultiGateAttention
-from models.blocks import ConvBlock, GatingSignal, UpBlock, init_weights, pointwise_conv, pool_type, resize_to
+from models.blocks import ConvBlock, GatingSignal, UpBlock, init_weights, pointwise_conv, pool_type
+from models.resample import resize_to
 
 __all__ = ["AttentionUNet"]
 
@@ -61,9 +62,13 @@ class AttentionUNet(nn.Module):
         - 1^d convs to a few channels (heads, fusion) run as matrix products on contiguous
           inputs; linear resampling keeps channels-last gradients channels-last, runs in the
           input's dtype under autocast, and resamples few-channel tensors (heads, attention
-          maps) one axis at a time by matrix products (:func:`models.blocks.resize_to`).
-        - For inference, :func:`models.blocks.fold_batch_norm` folds the batch norms into the
-          convolutions (``pipeline.runtime.prepare_model(..., inference=True)``).
+          maps) one axis at a time by matrix products (:mod:`models.resample`).
+        - Without gradients (inference, validation) the decoder's x2 upsampling is written
+          straight into the concatenation (:func:`models.resample.upsample_concat`) and 2^d max
+          pooling is taken one axis at a time (:class:`models.blocks.MaxPool3d`).
+        - For inference, :func:`models.fusion.prepare_for_inference` folds the batch norms into
+          the convolutions and fuses each conv with its ReLU
+          (``pipeline.runtime.prepare_model(..., inference=True)``).
 
     Args:
         spatial_dims: 2 or 3.

@@ -197,7 +197,7 @@ def test_overfits_a_phantom(overfit, phantom):
 )
 def test_separable_resize_equals_interpolate(shape, size):
     """Few-channel tensors take the matrix-product path of resize_to: same values and gradients."""
-    from models.blocks import SEPARABLE_MAX_CHANNELS, resize_to
+    from models.resample import SEPARABLE_MAX_CHANNELS, resize_to
 
     assert shape[1] <= SEPARABLE_MAX_CHANNELS
     mode = "trilinear" if len(shape) == 5 else "bilinear"

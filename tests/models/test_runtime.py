@@ -188,3 +188,14 @@ def test_configure_process_applies_retention(monkeypatch):
     runtime.configure_process(PerfConfig())
     runtime.configure_process(PerfConfig(retain_memory=False))
     assert calls == [True, False]  # on by default, off on request
+
+
+def test_retention_off_leaves_an_untouched_glibc_alone(monkeypatch):
+    """perf.retain_memory=false must not call mallopt: any call ends glibc's dynamic mmap threshold."""
+    calls = []
+    monkeypatch.setattr(runtime, "_glibc_mallopt", lambda: lambda *a: calls.append(a) or 1)
+    monkeypatch.setattr(runtime, "_retaining", False)
+    assert runtime.retain_freed_memory(False) is True
+    assert calls == []
+    assert runtime.retain_freed_memory(True) is True
+    assert len(calls) == 2 and runtime._retaining is True

@@ -12,9 +12,10 @@ variant without it, with glibc untouched, then every variant with it. Each varia
 untimed call before its timed ones, so all are timed in the steady state of a training loop or a
 sliding window. "monai fp32" is MONAI's network as its users run it (no option, glibc's own
 allocator behaviour) and the baseline of the targets; the rows "monai fp32+retain" and "monai
-<fastest options>" give MONAI the same process setting and options, for reference. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix
-products); achieved GFLOP/s are compared with a float32 GEMM (``torch.mm``) timed in the same run,
-and the bfloat16 GEMM rate is printed where bf16 is native.
+<fastest options>" give MONAI the same process setting and options, for reference. FLOPs come
+from ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products); achieved
+GFLOP/s are compared with a float32 GEMM (``torch.mm``) timed in the same run, and the bfloat16
+GEMM rate is printed where bf16 is native.
 
 Usage::
 
@@ -154,10 +155,7 @@ class Task:
         self.state[v.name] = (model, opt, make_loss(v.family), prepare_input(self.x, v.perf))
 
     def run(self, v: Variant) -> float:
-        """One timed call of ``v`` (after :meth:`setup` and one untimed warm-up call)."""
-        return self._call(v)
-
-    def _call(self, v: Variant) -> float:
+        """One timed call of ``v`` (``main`` makes one untimed warm-up call after :meth:`setup`)."""
         model, opt, loss_fn, x = self.state[v.name]
         sync(self.device)
         t = time.perf_counter()

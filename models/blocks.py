@@ -61,16 +61,17 @@ class _HalvingMaxMixin:
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        simple = (
-            _pair(self.kernel_size) == _pair(self.stride) == (2, 2)
-            and _pair(self.padding) == (0, 0)
-            and _pair(self.dilation) == (1, 1)
+        halving = (
+            _each(self.kernel_size, 2)
+            and _each(self.stride, 2)
+            and _each(self.padding, 0)
+            and _each(self.dilation, 1)
             and not self.ceil_mode
             and not self.return_indices
+            and x.dim() >= 3
+            and not any(s % 2 for s in x.shape[2:])
         )
-        if not simple or torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dim() < 3:
-            return super().forward(x)  # type: ignore[misc]
-        if any(s % 2 for s in x.shape[2:]):
+        if not halving or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(x)  # type: ignore[misc]
         for dim in range(2, x.dim()):
             pairs = x.unflatten(dim, (x.shape[dim] // 2, 2))
@@ -78,12 +79,9 @@ class _HalvingMaxMixin:
         return x
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    """An int or a sequence of equal ints as ``(v, v)``; ``(-1, -1)`` for anything else."""
-    if isinstance(v, int):
-        return (v, v)
-    vals = set(v)
-    return (vals.pop(),) * 2 if len(vals) == 1 else (-1, -1)
+def _each(v: int | Sequence[int], n: int) -> bool:
+    """``v`` (an int or one int per axis) is ``n`` on every axis."""
+    return v == n if isinstance(v, int) else all(e == n for e in v)
 
 
 class MaxPool2d(_HalvingMaxMixin, nn.MaxPool2d):

@@ -45,9 +45,7 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             conv, bn = seq[i], seq[i + 1]
-            if not isinstance(conv, (nn.Conv2d, nn.Conv3d)) or not isinstance(
-                bn, (nn.BatchNorm2d, nn.BatchNorm3d)
-            ):
+            if not isinstance(conv, _CONVS) or not isinstance(bn, _NORMS):
                 continue
             if bn.running_mean is None or bn.running_var is None:
                 continue  # batch statistics even in eval mode: nothing to fold
@@ -81,7 +79,7 @@ def fuse_conv_relu(model: nn.Module, copy_model: bool = True) -> nn.Module:
     model = (copy.deepcopy(model) if copy_model else model).eval()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i, conv in enumerate(seq):
-            if type(conv) not in (nn.Conv2d, nn.Conv3d) or conv.padding_mode != "zeros":
+            if type(conv) not in _CONVS or conv.padding_mode != "zeros":
                 continue
             j = i + 1
             while j < len(seq) and isinstance(seq[j], (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout3d)):
@@ -92,13 +90,18 @@ def fuse_conv_relu(model: nn.Module, copy_model: bool = True) -> nn.Module:
     return model
 
 
-_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+# oneDNN's fused convolution, or None where this PyTorch build has no oneDNN or not this operator
+_POINTWISE = (
+    getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+    if torch.backends.mkldnn.is_available()
+    else None
+)
 
 
 class _ConvReLUMixin:
     """``relu(conv(x))``; one oneDNN call when no gradient is recorded on a CPU (see :func:`fuse_conv_relu`)."""
 
-    _cast: tuple | None = None  # (dtype, weight version, weight, bias): weights cast once for autocast
+    _cast: tuple | None = None  # (key, weight, bias): the weights cast once to autocast's dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _POINTWISE is None or not self._fusable(x):
@@ -126,7 +129,6 @@ class _ConvReLUMixin:
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
             and not isinstance(self.padding, str)
-            and torch.backends.mkldnn.is_available()
         )
 
     def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -5,7 +5,7 @@ Three loops, same network, loss, optimizer, patch size and patches per step, in 
 1. ``bare``: a hand-written ``forward -> loss -> backward -> step`` on tensors already in memory.
 2. ``engine``: MONAI's ``SupervisedTrainer`` (what ``pancreas-seg train`` uses) over the same
    in-memory patches, so the difference is the engine and its handlers alone.
-3. ``engine+data``: ``pipeline.train.build_engines`` exactly as training builds it, on cached
+3. ``engine+data``: ``pipeline.training.train.build_engines`` exactly as training builds it, on cached
    phantom volumes: patch sampling, augmentation, collation, reseeding, logging, checkpoint hooks.
 
 Each loop runs ``--repeats`` times, interleaved; the table shows medians.
@@ -28,7 +28,7 @@ from ignite.engine import Events
 
 
 def _cfg(patch, channels, spv, batch):
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
 
     return load_config(
         "demo",
@@ -47,8 +47,8 @@ def _cfg(patch, channels, spv, batch):
 
 def bare(cfg, steps: int, warmup: int) -> float:
     from models import build_model
-    from pipeline.runtime import autocast_context, prepare_model, select_device
-    from pipeline.train import build_loss, build_optimizer
+    from pipeline.core.runtime import autocast_context, prepare_model, select_device
+    from pipeline.training.train import build_loss, build_optimizer
 
     device = select_device(cfg.perf)
     net = prepare_model(build_model(cfg.model), device, cfg.perf).train()
@@ -72,9 +72,9 @@ def engine_in_memory(cfg, steps: int, warmup: int) -> float:
     from monai.inferers import SimpleInferer
 
     from models import build_model
-    from pipeline.handlers import AutocastInferer
-    from pipeline.runtime import autocast_context, prepare_model, select_device
-    from pipeline.train import _prepare_batch_fn, build_loss, build_optimizer
+    from pipeline.core.runtime import autocast_context, prepare_model, select_device
+    from pipeline.training.handlers import AutocastInferer
+    from pipeline.training.train import _prepare_batch_fn, build_loss, build_optimizer
 
     device = select_device(cfg.perf)
     net = prepare_model(build_model(cfg.model), device, cfg.perf)
@@ -103,7 +103,7 @@ def engine_in_memory(cfg, steps: int, warmup: int) -> float:
 
 
 def engine_full(cfg, records, steps: int, warmup: int, folder: Path) -> float:
-    from pipeline.train import build_engines
+    from pipeline.training.train import build_engines
 
     cfg.train.iterations_per_epoch = warmup + steps
     cfg.train.epochs = 1
@@ -127,8 +127,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs=5, default=[8, 16, 32, 64, 128])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from pipeline.manifest import case_records, read_manifest, write_manifest
-    from pipeline.phantom import write_phantoms
+    from pipeline.data.manifest import case_records, read_manifest, write_manifest
+    from pipeline.synthetic.phantom import write_phantoms
 
     cfg = _cfg(args.patch, args.channels, spv=2, batch=2)
     with tempfile.TemporaryDirectory() as tmp:

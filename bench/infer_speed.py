@@ -1,12 +1,12 @@
 """Benchmark: end-to-end inference on a full-size CT scan, per stage, with the speed options side by side.
 
-A synthetic 512x512x200 scan at 0.8x0.8x2.5 mm (``pipeline.phantom``, seed 0) and the paper's
+A synthetic 512x512x200 scan at 0.8x0.8x2.5 mm (``pipeline.synthetic.phantom``, seed 0) and the paper's
 network (channels 16..256, 160x160x96 windows, 2 mm grid; random weights, seed 0: the speed does
 not depend on the weights) are written to a work folder. Then, in one run:
 
 1. ``pancreas-seg infer`` with the default settings in a fresh process (what a user waits for:
    imports, model loading, all stages), wall time and the child's peak RSS;
-2. each variant below through :func:`pipeline.batch.predict_cases` (its ``timings.csv`` stages
+2. each variant below through :func:`pipeline.inference.batch.predict_cases` (its ``timings.csv`` stages
    and per-case peak RSS), the variants taking turns within each repeat so that load from other
    processes hits all of them alike. The table gives medians, the speed-up over float32 and the
    Dice of each variant's mask against the float32 mask.
@@ -49,9 +49,9 @@ def prepare(work: Path) -> tuple[Path, Path]:
     import torch
 
     from models import build_model
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.config import Config, config_to_dict
-    from pipeline.phantom import make_phantom, save_phantom
+    from pipeline.core.checkpoint import save_checkpoint
+    from pipeline.core.config import Config, config_to_dict
+    from pipeline.synthetic.phantom import make_phantom, save_phantom
 
     scan, ckpt = work / "scan.nii.gz", work / "model.pt"
     if not scan.exists():
@@ -96,8 +96,9 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from pipeline.infer import load_predictor, predict_cases
-    from pipeline.runtime import configure_process, cpu_supports_bf16
+    from pipeline.core.runtime import configure_process, cpu_supports_bf16
+    from pipeline.inference.batch import predict_cases
+    from pipeline.inference.loading import load_predictor
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

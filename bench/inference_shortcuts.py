@@ -33,8 +33,8 @@ import models.blocks  # noqa: E402
 from models import AttentionUNet  # noqa: E402
 from models.fusion import fold_batch_norm, fuse_conv_relu  # noqa: E402
 from models.resample import resize_to, upsample_concat  # noqa: E402
-from pipeline.config import PerfConfig  # noqa: E402
-from pipeline.runtime import autocast_context, configure_process, cpu_supports_bf16, prepare_input  # noqa: E402
+from pipeline.core.config import PerfConfig  # noqa: E402
+from pipeline.core.runtime import autocast_context, configure_process, cpu_supports_bf16, prepare_input  # noqa: E402
 
 
 def plain_upsample_concat(skip: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:

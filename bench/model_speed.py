@@ -41,8 +41,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import AttentionUNet  # noqa: E402
-from pipeline.config import PerfConfig  # noqa: E402
-from pipeline.runtime import (  # noqa: E402
+from models.fusion import prepare_for_inference  # noqa: E402
+from pipeline.core.config import PerfConfig  # noqa: E402
+from pipeline.core.runtime import (  # noqa: E402
     autocast_context,
     configure_process,
     cpu_supports_bf16,
@@ -148,7 +149,7 @@ class Task:
     def setup(self, v: Variant) -> None:
         model = build(v.family)
         if self.kind == "infer":  # eval-mode BN statistics, folded into the convs where adjacent
-            model = prepare_model(model.eval(), self.device, v.perf, inference=True)
+            model = prepare_model(prepare_for_inference(model.eval()), self.device, v.perf)
         else:
             model = prepare_model(model, self.device, v.perf).train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4) if self.kind == "train" else None
@@ -204,7 +205,7 @@ def main() -> None:
     ap.add_argument("--huge-pages", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 for all models")
     args = ap.parse_args()
     device = torch.device(args.device)
-    # retain_memory=False leaves glibc untouched (pipeline.runtime.retain_freed_memory)
+    # retain_memory=False leaves glibc untouched (pipeline.core.runtime.retain_freed_memory)
     configure_process(PerfConfig(threads=args.threads, huge_pages=args.huge_pages, retain_memory=False))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels (all models)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.runtime import peak_rss_mb, reset_peak_rss
+from pipeline.core.runtime import peak_rss_mb, reset_peak_rss
 
 SHAPE = (512, 512, 200)
 SPACING = (0.8, 0.8, 2.5)
@@ -85,7 +85,7 @@ def main() -> None:
 
     from monai.transforms import Spacingd
 
-    from pipeline.config import Config
+    from pipeline.core.config import Config
     from transforms import build_infer_transforms, invert_to_original
     from transforms.compose import CTCompose
     from transforms.geometry import CTSpacingd

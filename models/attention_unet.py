@@ -68,7 +68,7 @@ class AttentionUNet(nn.Module):
           pooling is taken one axis at a time (:class:`models.blocks.MaxPool3d`).
         - For inference, :func:`models.fusion.prepare_for_inference` folds the batch norms into
           the convolutions and fuses each conv with its ReLU
-          (``pipeline.runtime.prepare_model(..., inference=True)``).
+          (:func:`models.fusion.prepare_for_inference`).
 
     Args:
         spatial_dims: 2 or 3.

@@ -88,7 +88,10 @@ def _interpolation_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: tor
     """:func:`_linear_weights`, cached (not while ``torch.compile`` traces: it builds its own constants)."""
     if torch.compiler.is_compiling():
         return _linear_weights(n_in, n_out, dtype, device)
-    return _cached_linear_weights(n_in, n_out, dtype, device)
+    # A matrix first built under inference_mode would be an inference tensor, which autograd refuses
+    # to save: training after inference in one process (cv, the tests) would then fail.
+    with torch.inference_mode(False):
+        return _cached_linear_weights(n_in, n_out, dtype, device)
 
 
 def _linear_weights(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.config import Config, load_config
+from pipeline.core.config import Config, load_config
+from tests.tiny_net import make_phantom, overfit_model
 
 REPO = Path(__file__).resolve().parents[1]
 # CI clones the repo with shared/ beside it; the real CT files for I/O tests live there.
@@ -35,10 +36,22 @@ def tiny_config(**overrides: object) -> Config:
 
 
 @pytest.fixture(scope="session")
+def phantom():
+    """A 32^3 patch: a curved tube (label 1) in shaded noise, beside an unlabelled blob as bright."""
+    return make_phantom()
+
+
+@pytest.fixture(scope="session")
+def overfit(phantom) -> dict:
+    """A tiny attention U-Net trained once on ``phantom`` (model, Dice, steps, seconds)."""
+    return overfit_model(phantom)
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Four 64x64x32 phantoms (RAS, LPS, oblique, RAS) with a manifest and two folds; returns the manifest."""
-    from pipeline.manifest import assign_folds, write_manifest
-    from pipeline.phantom import write_phantoms
+    from pipeline.data.manifest import assign_folds, write_manifest
+    from pipeline.synthetic.phantom import write_phantoms
 
     root = tmp_path_factory.mktemp("tiny_phantoms")
     cases = write_phantoms(root, n=4, seed=3, shape=(64, 64, 32))

@@ -31,8 +31,8 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.core.config import Config
+from pipeline.core.errors import ConfigError
 from transforms.compose import CTCompose
 from transforms.geometry import BodyCropd, CTSpacingd
 from transforms.intensity import build_intensity
@@ -73,7 +73,9 @@ def resolve_target_spacing(cfg: Config) -> list[float]:
     spacing = list(cfg.data.target_spacing)
     where = "data.target_spacing"
     if cfg.data.spacing_from_fingerprint:
-        from pipeline.fingerprint import read_fingerprint  # late: pipeline.fingerprint loads through us
+        from pipeline.data.fingerprint import (
+            read_fingerprint,  # late: pipeline.data.fingerprint loads through us
+        )
 
         if not cfg.data.fingerprint:
             raise ConfigError(

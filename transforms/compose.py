@@ -11,7 +11,7 @@ import copy
 
 from monai.transforms import Compose, Randomizable
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 __all__ = ["CTCompose", "pipeline_error_from", "UnwrapErrorsMixin"]
 

@@ -15,8 +15,8 @@ from monai.transforms import Compose
 from monai.transforms.transform import RandomizableTrait, Transform
 from monai.utils import TraceKeys
 
-from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.core.config import Config
+from pipeline.core.errors import ConfigError
 from transforms.compose import UnwrapErrorsMixin
 
 __all__ = ["CACHE_MODES", "CACHE_VERSION", "cache_key", "make_dataset"]

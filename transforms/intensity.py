@@ -15,8 +15,8 @@ from __future__ import annotations
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, NormalizeIntensityd, ScaleIntensityRanged
 
-from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.core.config import Config
+from pipeline.core.errors import ConfigError
 
 __all__ = ["INTENSITY_MODES", "build_intensity", "fingerprint_window"]
 
@@ -60,7 +60,9 @@ def build_intensity(cfg: Config, keys: KeysCollection = "image") -> MapTransform
         lo, hi = (float(v) for v in cfg.data.window_hu)
         return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
     if mode == "fingerprint":
-        from pipeline.fingerprint import read_fingerprint  # late: pipeline.fingerprint loads through us
+        from pipeline.data.fingerprint import (
+            read_fingerprint,  # late: pipeline.data.fingerprint loads through us
+        )
 
         if not cfg.data.fingerprint:
             raise ConfigError("config key data.fingerprint: required when data.intensity is 'fingerprint'")

@@ -20,7 +20,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Orientation
 
-from pipeline.errors import ImageError
+from pipeline.core.errors import ImageError
 from transforms.readers import read_header, reader_for
 from transforms.validate import (
     AIR_MAX_HU,

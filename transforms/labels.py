@@ -10,8 +10,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from pipeline.errors import ImageError
-from pipeline.label_map import parse_label_map
+from pipeline.core.errors import ImageError
+from pipeline.core.label_map import parse_label_map
 
 __all__ = ["MapLabelsd", "check_label_values", "parse_label_map", "unique_values"]
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from monai.data import ITKReader, NibabelReader
 
-from pipeline.errors import ImageError
+from pipeline.core.errors import ImageError
 
 __all__ = [
     "DicomSeriesReader",

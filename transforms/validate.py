@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from pipeline.errors import ImageError
+from pipeline.core.errors import ImageError
 from transforms.readers import VolumeHeader
 
 __all__ = [

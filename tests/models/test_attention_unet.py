@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models import AttentionUNet, GridAttentionGate, MultiGateAttention, count_parameters
-from tests.models.conftest import TINY, dice
+from tests.tiny_net import TINY, dice
 
 
 @pytest.mark.parametrize("size", [(48, 32, 64), (16, 48, 32)])

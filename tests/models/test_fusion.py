@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from models import AttentionUNet, fusion
-from pipeline import runtime
-from pipeline.config import PerfConfig
-from tests.models.conftest import TINY, dice
+from pipeline.core import runtime
+from pipeline.core.config import PerfConfig
+from tests.tiny_net import TINY, dice
 
 
 def _trained_like(model: nn.Module) -> nn.Module:
@@ -47,7 +47,7 @@ def test_inference_copy_equals_the_network_in_float32(channels_last):
     model = _trained_like(AttentionUNet(channels=TINY))
     x = torch.randn(2, 1, 32, 48, 16)
     perf = PerfConfig(device="cpu", channels_last=channels_last)
-    fast = runtime.prepare_model(model, torch.device("cpu"), perf, inference=True)
+    fast = runtime.prepare_model(fusion.prepare_for_inference(model), torch.device("cpu"), perf)
     with torch.no_grad():
         ref = model(x)
         out = fast(runtime.prepare_input(x, perf))
@@ -82,7 +82,7 @@ def test_fastest_inference_copy_agrees_with_float32(overfit, phantom):
     with torch.no_grad():
         ref = ref_model(image).argmax(1, keepdim=True)
     perf = PerfConfig(device="cpu", bf16=True, channels_last=True)
-    fast = runtime.prepare_model(overfit["model"], cpu, perf, inference=True)
+    fast = runtime.prepare_model(fusion.prepare_for_inference(overfit["model"]), cpu, perf)
     with torch.no_grad(), runtime.autocast_context(cpu, perf):
         pred = fast(runtime.prepare_input(image, perf)).float().argmax(1, keepdim=True)
     assert dice(pred, ref) >= 0.99

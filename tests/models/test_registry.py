@@ -7,8 +7,8 @@ import json
 import pytest
 
 from models import MODELS, AttentionUNet, build_model, count_parameters, get_model, model_info
-from pipeline.config import ModelConfig
-from pipeline.errors import ConfigError
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import ConfigError
 
 
 def test_get_model_unknown_name_lists_known_models():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.blocks import MaxPool2d, MaxPool3d, pool_type
-from models.resample import upsample_concat
+from models.resample import resize_to, upsample_concat
 
 CL = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -99,3 +99,13 @@ def test_max_pool_with_gradients_or_other_windows_is_pytorchs():
             torch.testing.assert_close(MaxPool3d(**kwargs)(x), torch.nn.MaxPool3d(**kwargs)(x))
         odd = torch.randn(1, 2, 5, 6, 6)
         torch.testing.assert_close(MaxPool3d(kernel_size=2)(odd), F.max_pool3d(odd, 2))
+
+
+def test_training_after_inference_in_one_process():
+    """The cached interpolation matrices must not be inference tensors (cv trains after predicting)."""
+    x = torch.randn(1, 2, 5, 6, 7)
+    with torch.inference_mode():
+        resize_to(x, (9, 10, 11))
+    y = x.clone().requires_grad_(True)
+    resize_to(y, (9, 10, 11)).sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pipeline.cli as cli
+import pipeline.cli.app as cli
 
 __all__ = ["CliRun", "run_cli", "snapshot", "new_files"]
 

@@ -69,7 +69,7 @@ def _nifti_sform_only(path: Path, array: np.ndarray, affine: np.ndarray) -> Path
 
 
 def _phantoms(folder: Path) -> list[dict]:
-    from pipeline.phantom import make_phantom, save_phantom
+    from pipeline.synthetic.phantom import make_phantom, save_phantom
 
     rows = []
     for i, orientation in enumerate(("RAS", "LPS", "oblique", "RAS")):
@@ -183,8 +183,8 @@ def _checkpoint(path: Path, cfg, **model_overrides) -> Path:
     import torch
 
     from models import build_model
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.config import config_to_dict
+    from pipeline.core.checkpoint import save_checkpoint
+    from pipeline.core.config import config_to_dict
 
     mcfg = dataclasses.replace(cfg.model, **model_overrides)
     torch.manual_seed(0)
@@ -206,7 +206,7 @@ def _manifest(path: Path, rows: list[dict], folds: list[int] | None = None) -> P
 
 def build_world(root: Path, cfg) -> World:
     """Write the good dataset and every bad input under ``root``."""
-    from pipeline.config import save_config
+    from pipeline.core.config import save_config
 
     root.mkdir(parents=True, exist_ok=True)
     good = _phantoms(root / "good")
@@ -243,9 +243,9 @@ def build_world(root: Path, cfg) -> World:
 def _run_folder(world: World, cfg, kind: str) -> Path:
     """A run folder whose checkpoints are the bad one: ``fold_0`` would resume from it
     (``epoch_1.pt``), finished ``fold_1`` predicts and draws attention maps with it (``best.pt``)."""
-    from pipeline.config import save_run_config
-    from pipeline.evaluate import evaluate_cases, write_table
-    from pipeline.manifest import case_records, read_manifest, write_manifest
+    from pipeline.core.config import save_run_config
+    from pipeline.data.manifest import case_records, read_manifest, write_manifest
+    from pipeline.evaluation.evaluate import evaluate_cases, write_table
 
     run = world.root / "runs" / kind
     (run / "fold_0" / "checkpoints").mkdir(parents=True)

@@ -8,7 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipeline.errors import ImageError
+from pipeline.core.errors import ImageError
 from tests.robustness.harness import run_cli
 from tests.robustness.inputs import write_dicom_series
 

@@ -164,7 +164,7 @@ def test_read_only_output_folder(command, world, tmp_path):
 def test_a_killed_writers_partial_file_is_removed_when_the_case_is_written_again(world, tmp_path):
     import numpy as np
 
-    from pipeline.writers import save_like
+    from pipeline.inference.writers import save_like
 
     out = tmp_path / "masks"
     out.mkdir()

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import save_config
+from pipeline.core.config import save_config
 from tests.conftest import REPO
 from tests.robustness.conftest import robust_config
 
@@ -42,7 +42,7 @@ def _env() -> dict:
 # The command line's own entry point, after the heavy imports, with a mark when they are done: kill
 # times are then measured from the start of the command's work, whatever the imports cost.
 _WRAPPER = (
-    "import sys, pathlib, torch, monai, ignite, pipeline.train, pipeline.cv, pipeline.infer, pipeline.cli; "
+    "import sys, pathlib, torch, monai, ignite, pipeline.training.train, pipeline.workflows.cv, pipeline.inference.loading, pipeline.cli; "
     "pathlib.Path(sys.argv[1]).touch(); sys.argv = ['pancreas-seg', *sys.argv[2:]]; "
     "sys.exit(pipeline.cli.main())"
 )

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.config import Config
+from pipeline.core.config import Config
 from tests.conftest import SHARED_DATA
 
 DATA = SHARED_DATA
@@ -52,14 +52,18 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> str:
     return str(path)
 
 
-@pytest.fixture
-def cfg() -> Config:
+def small_config() -> Config:
     """Default config with a coarse grid and small patches for speed."""
     c = Config()
     c.data.target_spacing = [1.6, 1.6, 2.0]
     c.data.patch_size = [16, 16, 16]
     c.data.body_margin_mm = 2.0
     return c
+
+
+@pytest.fixture
+def cfg() -> Config:
+    return small_config()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import ConfigError, ImageError
+from pipeline.core.errors import ConfigError, ImageError
 from transforms import build_train_transforms, build_val_transforms, make_dataset
 from transforms.io import LoadCTd
 

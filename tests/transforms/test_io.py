@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ImageError, ManifestError
+from pipeline.core.errors import ImageError, ManifestError
 from tests.transforms.conftest import DCMQI_DIR, DICOM_DIR, affine_for, needs_data, phantom, write_nifti
 from transforms import LoadCTd, MapLabelsd, build_infer_transforms, list_dicom_series, parse_label_map
 

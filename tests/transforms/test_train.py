@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ConfigError, ImageError
+from pipeline.core.errors import ConfigError, ImageError
 from tests.transforms.conftest import affine_for, phantom, write_nifti
 from transforms import build_infer_transforms, build_train_transforms, build_val_transforms
 

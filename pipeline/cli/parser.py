@@ -1,0 +1,263 @@
+"""The argument parser of ``pancreas-seg``: one subcommand per pipeline stage, with its help text."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline import __version__
+from pipeline.cli import commands
+
+__all__ = ["build_parser"]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML config file, or a bundled name: 'default' (paper settings) or 'demo' (CPU-sized)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.lr=3e-4 --set data.target_spacing=[1.5,1.5,2]",
+    )
+
+
+def _add_cv_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments shared by the commands that run cross-validation (cv, compare)."""
+    p.add_argument("--manifest", required=True, help="manifest CSV with labels and folds")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--folds", default=None, help="comma-separated folds to run, e.g. 0,2 (default all)")
+    _add_config_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``pancreas-seg`` with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pancreas-seg",
+        description="Pancreas segmentation in 3D CT with the attention-gated U-Net of Oktay et al. 2018.",
+        epilog="Run 'pancreas-seg COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "phantoms",
+        help="generate synthetic abdominal CT scans with pancreas labels",
+        description="Write synthetic abdominal CT phantoms (int16 HU images, uint8 pancreas labels) to "
+        "OUT/images and OUT/labels. Spacing, size and orientation (RAS, LPS, oblique) vary per case; "
+        "the same seed gives the same scans.",
+    )
+    p.add_argument("--n", type=int, default=12, help="number of cases (default 12)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="voxels per axis"
+    )
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["nii.gz"],
+        choices=["nii.gz", "nii", "nrrd", "mha"],
+        help="file formats, cycled over the cases (default nii.gz)",
+    )
+    p.add_argument("--manifest", action="store_true", help="also write OUT/manifest.csv")
+    p.set_defaults(func=commands.cmd_phantoms)
+
+    p = sub.add_parser(
+        "manifest",
+        help="build a manifest CSV from a folder of scans and labels",
+        description="Build a manifest (one row per case: case_id, subject_id, image, label, fold) from a "
+        "source layout. Paths in the CSV are relative to the CSV's folder.",
+    )
+    p.add_argument(
+        "source_type",
+        choices=["glob", "msd", "nnunet", "nih", "check"],
+        help="glob: a folder of images (+ labels folder); msd: a Decathlon Task07 dataset.json; "
+        "nnunet: an nnU-Net raw dataset folder; nih: NIH Pancreas-CT (DICOM series + label00XX.nii.gz); "
+        "check: validate an existing manifest",
+    )
+    p.add_argument("source", help="the folder, dataset.json, or (for check) manifest to read")
+    p.add_argument("--out", help="manifest CSV to write (default SOURCE_FOLDER/manifest.csv)")
+    p.add_argument("--image-glob", default="images/*", help="glob: images relative to the folder")
+    p.add_argument("--label-dir", default="labels", help="glob: folder of labels relative to the folder")
+    p.add_argument("--label-suffix", default="", help="glob: label name = image name + suffix, e.g. _seg")
+    p.add_argument("--subject-regex", default=None, help="glob: regex whose first group is the subject id")
+    p.add_argument("--keep-tumour", action="store_true", help="msd: keep tumour (2) as its own class")
+    p.set_defaults(func=commands.cmd_manifest)
+
+    p = sub.add_parser(
+        "folds",
+        help="assign cross-validation folds grouped by subject",
+        description="Assign k folds to a manifest so that no subject spans two folds and folds are balanced "
+        "to within one subject. The same seed gives the same folds. Can read or write nnU-Net's "
+        "splits_final.json instead.",
+    )
+    p.add_argument("manifest", help="manifest CSV")
+    p.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", help="write the manifest with folds here (default: overwrite MANIFEST)")
+    p.add_argument("--splits-in", help="take folds from an nnU-Net splits_final.json instead")
+    p.add_argument("--splits-out", help="also write the folds as nnU-Net splits_final.json")
+    p.set_defaults(func=commands.cmd_folds)
+
+    p = sub.add_parser(
+        "fingerprint",
+        help="measure a dataset: spacings, shapes, HU inside labels, suggested spacing and patch",
+        description="Read every case of a manifest and write a JSON fingerprint: spacings, shapes, HU "
+        "percentiles inside the labels, and a suggested target spacing and patch size (nnU-Net's rules). "
+        "Point data.fingerprint at it to use fingerprint normalisation or spacing.",
+    )
+    p.add_argument("manifest", help="manifest CSV (cases with labels)")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    _add_config_args(p)
+    p.set_defaults(func=commands.cmd_fingerprint)
+
+    p = sub.add_parser(
+        "check",
+        help="check every case of a manifest (scans and labels) without training",
+        description="Run every input validation the loaders run, for every case of MANIFEST, without "
+        "training: the scan's header (readable, one 3-D volume, size limit, not truncated, voxel size "
+        "and affine, DICOM series ambiguity), its voxels (finite, not all air, CT-like values), the "
+        "label's values and grid. Prints one row per problem; exit code 0 when there is no error "
+        "(warnings allowed), 2 when there is one.",
+    )
+    p.add_argument("manifest", help="manifest CSV")
+    p.add_argument(
+        "--out", default=None, help="also write the problems as CSV (case_id,severity,file,problem)"
+    )
+    p.add_argument("--require-labels", action="store_true", help="every case must have a label (training)")
+    _add_config_args(p)
+    p.set_defaults(func=commands.cmd_check)
+
+    p = sub.add_parser(
+        "model-info",
+        help="print the network's structure summary and parameter count",
+        description="Build the configured network (model.name: attention_unet or unet) and print its "
+        "parameter count and attention gates.",
+    )
+    _add_config_args(p)
+    p.set_defaults(func=commands.cmd_model_info)
+
+    p = sub.add_parser(
+        "train",
+        help="train one cross-validation fold",
+        description="Train fold K of a manifest (validation = the cases of fold K, training = the rest) "
+        "into RUN/fold_K. A killed run re-run with the same arguments resumes from its newest checkpoint.",
+    )
+    p.add_argument("--manifest", required=True, help="manifest CSV with labels and folds")
+    p.add_argument("--fold", type=int, required=True, help="the fold held out for validation")
+    p.add_argument("--out", required=True, help="run folder")
+    _add_config_args(p)
+    p.set_defaults(func=commands.cmd_train)
+
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation with per-case metrics",
+        description="For each fold: train on the other folds, predict the held-out scans with sliding "
+        "windows on their own grids, and evaluate. Writes RUN/cv_metrics.csv and RUN/cv_summary.json. "
+        "Re-running skips finished folds (DONE) and resumes the one in progress. Under torchrun all "
+        "processes train each fold together (DDP). Several processes or torchrun jobs may share one run "
+        "folder when each runs other --folds.",
+    )
+    _add_cv_args(p, "run folder")
+    p.add_argument(
+        "--parallel-folds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the folds as N processes at once (one GPU each when there are GPUs, else the CPU "
+        "cores shared); each fold logs to RUN/fold_K/cv.log",
+    )
+    p.set_defaults(func=commands.cmd_cv)
+
+    p = sub.add_parser(
+        "infer",
+        help="segment full scans with a trained model",
+        description="Sliding-window inference on whole scans. MODEL is a CV run folder (the folds' best "
+        "checkpoints are averaged) or one checkpoint. Masks are written on each input's exact grid, in its "
+        "format (NIfTI for DICOM series). Existing outputs are skipped unless --overwrite.",
+    )
+    p.add_argument("--model", required=True, help="CV run folder or checkpoint .pt")
+    p.add_argument(
+        "--input", required=True, help="scan file, DICOM series folder, folder of scans, or manifest CSV"
+    )
+    p.add_argument("--out", required=True, help="output folder for masks and timings.csv")
+    p.add_argument("--overwrite", action="store_true", help="recompute cases whose output exists")
+    p.add_argument("--tta", action="store_true", help="average over in-plane flips (slower, smoother)")
+    p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component")
+    p.add_argument("--probabilities", action="store_true", help="also write the pancreas probability map")
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="for DICOM series inputs, also write a DICOM SEG referencing the series (needs highdicom)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="auto (default): channels-last + bf16 on CPUs with native bf16, else float32",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change infer.* or perf.* settings, e.g. --set infer.overlap=0.25",
+    )
+    p.set_defaults(func=commands.cmd_infer)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="per-case metrics of predicted masks against manifest labels",
+        description="Dice, IoU, precision, recall, HD95 and average symmetric surface distance (mm) per "
+        "case, on each label's own grid. Predictions are matched by case_id (PRED/<case_id>.<ext>).",
+    )
+    p.add_argument("--pred", required=True, help="folder of predicted masks")
+    p.add_argument("--manifest", required=True, help="manifest CSV with labels")
+    p.add_argument("--out", default=None, help="metrics CSV to write (default PRED/metrics.csv)")
+    p.set_defaults(func=commands.cmd_evaluate)
+
+    p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a CV or inference run",
+        description="Write RUN/report.html (with PNG figures in RUN/report_files/): summary and per-case "
+        "tables, training curves, prediction/label overlays (worst cases first) and attention maps.",
+    )
+    p.add_argument("run", help="CV run folder (or an inference output folder)")
+    p.add_argument("--manifest", default=None, help="manifest with labels (default: the one the run used)")
+    p.add_argument(
+        "--max-cases", type=int, default=12, help="overlays for at most this many cases (default 12)"
+    )
+    p.set_defaults(func=commands.cmd_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="the paper's ablation: Attention U-Net vs U-Net with identical folds and schedule",
+        description="Run cross-validation for attention_unet and unet (attention=False) with the same folds, "
+        "seeds and schedule into OUT/attention_unet and OUT/unet, then write OUT/compare.csv and "
+        "OUT/compare.md: Dice, precision, recall, surface distance, parameters and inference time per "
+        "network, with a Wilcoxon signed-rank test on per-case Dice.",
+    )
+    _add_cv_args(p, "output folder")
+    p.set_defaults(func=commands.cmd_compare)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on synthetic phantoms",
+        description="Generate phantoms, write a manifest with folds, and run the pipeline on them with the "
+        "CPU-sized demo config. Prints what it made.",
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--n", type=int, default=12, help="number of phantoms (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--config", default="demo", help="config file or bundled name (default demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=commands.cmd_demo)
+    return parser

@@ -1,0 +1,1 @@
+"""The base layer: errors, config and its checks, atomic writes, the label map, the run-folder layout, checkpoints' file format, device/runtime options and torchrun helpers. Imports nothing else of the project."""

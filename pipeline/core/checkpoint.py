@@ -1,0 +1,142 @@
+"""Checkpoint files: written atomically, read without pickling (which network a checkpoint holds is
+checked by :mod:`models.restore`).
+
+A checkpoint is a ``torch.save`` of a dict of tensors and plain values only::
+
+    {"format": "pancreas-seg/1", "model": {model config}, "network": state_dict,
+     "optimizer": ..., "lr_scheduler": ..., "trainer": {"epoch": .., "iteration": ..}, "metric": ..}
+
+so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``: a file that needs pickling
+to load (and could run code) is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import CheckpointError, OutputError
+
+__all__ = [
+    "FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "model_config_from_checkpoint",
+]
+
+FORMAT = "pancreas-seg/1"
+log = logging.getLogger("pancreas_seg")
+_EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
+
+
+class _UnreadableCheckpoint(CheckpointError):
+    """Truncated or corrupt (e.g. killed mid-write elsewhere): resume may fall back to an older one."""
+
+
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
+    """Save ``payload`` (plus the format tag) to ``path`` via a temporary file and a rename.
+
+    Raises:
+        OutputError: it cannot be written (disk full, read-only folder); the temporary file is
+            removed and an existing ``path`` keeps its old content.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # torch's writer hides a failed write's errno; Python's file keeps it
+        torch.save({"format": FORMAT, **payload}, buffer)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
+        raise OutputError(f"{path}: cannot write the checkpoint ({reason})") from None
+    except BaseException:  # SIGTERM from torchrun, Ctrl-C: leave no partial file
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: missing, truncated/corrupt, needs pickling (untrusted), or not ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - classify below
+        msg = str(exc)
+        if "weights_only" in msg or "Unsupported global" in msg or "unpickl" in msg.lower():
+            raise CheckpointError(
+                f"{path}: refused: the file needs pickling to load (it may run code); only plain "
+                "tensor checkpoints are accepted"
+            ) from None
+        first = msg.splitlines()[0][:120] if msg else type(exc).__name__
+        raise _UnreadableCheckpoint(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {first})"
+        ) from None
+    if not isinstance(ckpt, dict) or "network" not in ckpt:
+        raise CheckpointError(f"{path}: not a pancreas-seg checkpoint (no 'network' weights)")
+    return ckpt
+
+
+def latest_checkpoint(
+    folder: str | os.PathLike, check: Callable[[dict, str], object] | None = None
+) -> tuple[Path, dict] | None:
+    """The newest readable ``epoch_N.pt`` in ``folder`` and its contents, or None.
+
+    A truncated or unreadable newest file is skipped with a warning and the previous one is used
+    (a kill mid-write elsewhere). A file that is refused is not skipped: training on from an older
+    one (or from scratch) would silently drop what the user meant to resume.
+
+    Args:
+        folder: a fold's ``checkpoints`` folder.
+        check: if given, called as ``check(checkpoint, path)`` on the file found; it raises
+            :class:`CheckpointError` when the checkpoint does not fit (e.g.
+            :func:`models.restore.check_network` for another network).
+
+    Raises:
+        CheckpointError: the newest file needs unpickling (untrusted), is not a pancreas-seg
+            checkpoint, or ``check`` refuses it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        ((int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_RE.search(p.name))),
+        reverse=True,
+    )
+    for _, path in found:
+        try:
+            ckpt = load_checkpoint(path)
+        except _UnreadableCheckpoint as exc:
+            log.warning("warning: %s; falling back to the previous checkpoint", exc)
+            continue
+        if check is not None:
+            check(ckpt, str(path))
+        return path, ckpt
+    return None
+
+
+def model_config_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> ModelConfig:
+    """Rebuild the :class:`ModelConfig` stored in a checkpoint."""
+    stored = ckpt.get("model")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source}: no model description in the checkpoint")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in stored.items() if k in known})

@@ -1,0 +1,316 @@
+"""The one typed config of the pipeline: dataclasses with YAML load/save and ``key.sub=value`` overrides.
+
+The defaults in the dataclasses are the paper's settings (Oktay et al. 2018 and the authors'
+released configs, see ``shared/PAPER.md``); ``configs/default.yaml`` is a dump of them and
+``configs/demo.yaml`` a CPU-sized overlay. A run folder gets the resolved config plus the package
+versions and the git commit (:func:`save_run_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.core.errors import ConfigError
+from pipeline.core.fileio import atomic_write_text
+
+__all__ = [
+    "DataConfig",
+    "AugmentConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "InferConfig",
+    "PerfConfig",
+    "Config",
+    "CONFIG_DIR",
+    "load_config",
+    "apply_overrides",
+    "config_to_dict",
+    "save_config",
+    "save_run_config",
+    "provenance",
+    "update_config",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (the released configs: flips, rotation ±15°, zoom 0.7-1.3)."""
+
+    flip_prob: float = 0.5  # per in-plane axis
+    rotate_deg: float = 15.0  # about the axial (z) axis
+    rotate_prob: float = 0.2
+    scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
+    scale_prob: float = 0.2
+    intensity_shift: float = 0.1  # in normalised units
+    intensity_scale: float = 0.1
+    intensity_prob: float = 0.15
+    noise_std: float = 0.0  # 0 disables Gaussian noise
+    noise_prob: float = 0.15
+
+
+@dataclass
+class DataConfig:
+    """Loading, geometry, intensity, patch sampling and caching."""
+
+    orientation: str = "RAS"
+    target_spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # paper: 2 mm isotropic
+    spacing_from_fingerprint: bool = False  # use the fingerprint's suggested spacing instead
+    fingerprint: str = ""  # path to the JSON written by `pancreas-seg fingerprint`
+    intensity: str = "window"  # "window" | "fingerprint" (nnU-Net CT) | "zscore" (paper: per volume)
+    window_hu: list[float] = field(default_factory=lambda: [-100.0, 240.0])
+    body_crop: bool = True
+    body_threshold_hu: float = -500.0
+    body_margin_mm: float = 10.0  # kept around the body's bounding box by the body crop
+    dicom_series: str = ""  # SeriesInstanceUID to pick when a DICOM folder holds several
+    patch_size: list[int] = field(default_factory=lambda: [160, 160, 96])  # released config
+    pos_fraction: float = 0.67  # fraction of patches centred on pancreas voxels
+    samples_per_volume: int = 2
+    cache: str = "memory"  # "memory" | "disk" | "none"
+    cache_dir: str = ""  # for cache="disk"; default <run>/cache
+    num_workers: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Network choice and shape (the authors' feature scale 4)."""
+
+    name: str = "attention_unet"  # "attention_unet" | "unet"
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 2
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    deep_supervision: bool = True
+    gates_per_level: int = 2  # the released model has two independent gates per level
+    dropout: float = 0.0
+    multiclass_attention: bool = False  # one attention map per class in each gate (paper: one map)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the training schedule."""
+
+    epochs: int = 1000
+    iterations_per_epoch: int = 0  # 0: one pass over the training patches
+    batch_size: int = 2
+    optimizer: str = "adam"  # "adam" (paper) | "sgd" (Nesterov, poly decay)
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    momentum: float = 0.99
+    lr_schedule: str = "step"  # "step" | "poly" | "none"
+    lr_step_epochs: int = 250
+    lr_gamma: float = 0.5
+    loss: str = "dice_ce"  # "dice_ce" | "dice" (the paper's soft Dice)
+    ds_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125, 0.0625])
+    val_interval: int = 10
+    checkpoint_interval: int = 10
+    early_stopping_patience: int = 0  # in validations; 0 disables
+    num_folds: int = 5
+    seed: int = 0
+    deterministic: bool = True
+    mlflow: bool = False  # also log to MLflow (optional package: pip install mlflow) besides TensorBoard
+    mlflow_uri: str = ""  # MLflow tracking URI; empty: sqlite:///<run>/mlruns.db, artifacts in <run>/mlruns
+
+
+@dataclass
+class InferConfig:
+    """Sliding-window inference on whole volumes."""
+
+    roi_size: list[int] = field(default_factory=list)  # empty: data.patch_size
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    sw_batch_size: int = 2
+    # "auto": on CPUs channels_last_3d, plus bf16 autocast where native (masks agree with fp32 at
+    # Dice >= 0.99, bench/infer_speed.py); perf.* on CUDA. "fp32": no autocast. "bf16": always
+    precision: str = "auto"
+    tta_flip: bool = False
+    keep_largest_component: bool = False
+    cpu_stitch_voxels: int = 64_000_000  # stitch on the CPU above this many output voxels
+    save_probabilities: bool = False  # also write <case>_prob.<ext>: float32 foreground probability
+    dicom_seg: bool = False  # DICOM series inputs: also write <case>_seg.dcm (needs highdicom)
+
+
+@dataclass
+class PerfConfig:
+    """Speed options; each keeps outputs within the stated tolerance of fp32."""
+
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1"
+    channels_last: bool = False  # channels_last_3d memory format
+    bf16: bool = False  # bf16 autocast on CPUs that support it
+    amp: bool = True  # fp16/bf16 autocast on CUDA
+    compile: bool = False  # torch.compile
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    huge_pages: bool = False  # transparent huge pages for large CPU tensors (THP_MEM_ALLOC_ENABLE)
+    retain_memory: bool = True  # glibc keeps freed memory for reuse: no page faults per activation
+
+
+@dataclass
+class Config:
+    """The whole pipeline config. ``Config()`` is the paper's settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Convert ``value`` to the type of ``default`` (the field's default), or raise ConfigError."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("true", "yes", "1", "on"):
+                    return True
+                if low in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, (bool, int)):
+                return bool(value)
+            raise ValueError(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, str):
+            return "" if value is None else str(value)
+        if isinstance(default, (list, tuple)):
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            if default:
+                return [_coerce(v, default[0], key) for v in value]
+            return list(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key}: cannot use {value!r} as {type(default).__name__}") from None
+    return value
+
+
+def _update(obj: Any, values: dict, prefix: str = "") -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {prefix or '<root>'}: expected a mapping, got {values!r}")
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full} (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _update(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, current if current != [] else value, full))
+
+
+def update_config(cfg: Config, values: dict) -> Config:
+    """Update ``cfg`` in place from a nested dict (e.g. a config stored in a checkpoint)."""
+    values = dict(values)
+    values.pop("provenance", None)
+    _update(cfg, values)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
+    """Apply ``key.sub=value`` strings (values parsed as YAML, then coerced to the field's type)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        nested: dict = {parts[-1]: value}
+        for part in reversed(parts[:-1]):
+            nested = {part: nested}
+        _update(cfg, nested)
+    return cfg
+
+
+def _resolve_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists() and not p.suffix and (CONFIG_DIR / f"{p}.yaml").exists():
+        return CONFIG_DIR / f"{p}.yaml"  # `--config demo` names a bundled config
+    return p
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a config from the defaults, a YAML file (path or bundled name) and overrides.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key or value is invalid.
+    """
+    cfg = Config()
+    if path:
+        p = _resolve_path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config ({exc.strerror or exc})") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        values.pop("provenance", None)  # written by save_run_config; informational only
+        try:
+            _update(cfg, values)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+    return apply_overrides(cfg, overrides)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The config as plain YAML-able types."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``cfg`` (and optional extra top-level keys) as YAML, atomically."""
+    data = config_to_dict(cfg)
+    if extra:
+        data.update(extra)
+    path = Path(path)
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def provenance() -> dict:
+    """Package versions and the git commit of this checkout (``unknown`` outside git)."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("pancreas-seg", "torch", "monai", "pytorch-ignite", "numpy", "itk", "nibabel", "pandas"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"versions": versions, "git_commit": commit or "unknown", "platform": platform.platform()}
+
+
+def save_run_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
+    """Write ``<run_dir>/config.yaml``: the resolved config plus versions and git commit."""
+    return save_config(cfg, Path(run_dir) / "config.yaml", extra={"provenance": provenance()})

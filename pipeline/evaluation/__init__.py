@@ -1,0 +1,1 @@
+"""Per-case metrics on the original grid and their summaries."""

@@ -1,0 +1,127 @@
+"""Model loading for inference: one checkpoint, a list of them, or every fold's best checkpoint
+of a CV run as an ensemble, with the preprocessing they were trained with.
+
+Checkpoints are read with ``weights_only=True`` (:func:`pipeline.core.checkpoint.load_checkpoint`)
+and checked against the network their config describes (:mod:`models.restore`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from models import network_from_checkpoint
+from pipeline.core.checkpoint import load_checkpoint, model_config_from_checkpoint
+from pipeline.core.config import (
+    Config,
+    ModelConfig,
+    apply_overrides,
+    config_to_dict,
+    load_config,
+    update_config,
+)
+from pipeline.core.errors import CheckpointError, ConfigError
+from pipeline.inference.predictor import Predictor
+
+__all__ = ["load_network", "load_predictor"]
+
+log = logging.getLogger("pancreas_seg")
+
+
+def load_network(path: str | os.PathLike, expect: ModelConfig | None = None, map_location="cpu"):
+    """Build the network a checkpoint file describes and load its weights.
+
+    Args:
+        path: checkpoint file.
+        expect: if given, the checkpoint must be of this network (name, channels, classes).
+        map_location: where tensors go.
+
+    Returns:
+        (network in eval mode, its ModelConfig, the checkpoint dict).
+
+    Raises:
+        CheckpointError: unreadable, untrusted, or of another network.
+    """
+    ckpt = load_checkpoint(path, map_location)
+    net, mcfg = network_from_checkpoint(ckpt, expect, str(path))
+    return net, mcfg, ckpt
+
+
+def _checkpoint_paths(model: Path) -> list[Path]:
+    if model.is_file():
+        return [model]
+    if not model.is_dir():
+        raise CheckpointError(f"{model}: no such checkpoint file or run folder")
+    folds = sorted(d for d in model.glob("fold_*") if d.is_dir())
+    if folds:
+        paths = [d / "checkpoints" / "best.pt" for d in folds if (d / "checkpoints" / "best.pt").is_file()]
+        missing = [d.name for d in folds if not (d / "checkpoints" / "best.pt").is_file()]
+        if paths and missing:
+            log.warning(
+                "warning: %s: no best.pt in %s; ensembling the other folds", model, ", ".join(missing)
+            )
+        if paths:
+            return paths
+    for candidate in (model / "checkpoints" / "best.pt", model / "best.pt"):
+        if candidate.is_file():
+            return [candidate]
+    raise CheckpointError(f"{model}: no fold_*/checkpoints/best.pt (or best.pt) in this folder")
+
+
+def _config_for(paths: list[Path], run_dir: Path | None) -> Config:
+    """The training config: the run's config.yaml, else the one stored in the checkpoints."""
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml")
+    configs = []
+    for p in paths:
+        ckpt = load_checkpoint(p)
+        if ckpt.get("config"):
+            configs.append((p, update_config(Config(), ckpt["config"])))
+        else:
+            cfg = Config()
+            cfg.model = model_config_from_checkpoint(ckpt, str(p))
+            log.warning("warning: %s stores no config; assuming the default preprocessing (data.*)", p)
+            configs.append((p, cfg))
+    first_path, first = configs[0]
+    for p, cfg in configs[1:]:
+        a, b = config_to_dict(first)["data"], config_to_dict(cfg)["data"]
+        diff = [k for k in a if a[k] != b.get(k)]
+        if diff:
+            raise CheckpointError(
+                f"{p}: trained with other preprocessing than {first_path} ({', '.join('data.' + k for k in diff[:4])}); "
+                "an ensemble needs one"
+            )
+    return first
+
+
+def load_predictor(
+    model: str | os.PathLike | Sequence[str | os.PathLike], overrides: Sequence[str] | None = None
+) -> Predictor:
+    """A :class:`Predictor` from a CV run folder (every fold's ``best.pt``, softmax averaged), one
+    checkpoint file, or a list of checkpoint files (an ensemble).
+
+    The preprocessing is the one the checkpoints were trained with (the run's ``config.yaml`` or
+    the config stored in the checkpoint); ``overrides`` (``infer.*``, ``perf.*``) change only how
+    inference runs. Checkpoints are loaded with ``weights_only=True``: a file that needs
+    unpickling is refused.
+
+    Raises:
+        CheckpointError: no checkpoint found, an untrusted/corrupt file, or a checkpoint of another
+            network than the run's (or than the ensemble's first).
+        ConfigError: an override outside ``infer.*``/``perf.*`` or an invalid value.
+    """
+    items = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+    if not items:
+        raise CheckpointError("no checkpoint given")
+    paths = [p for item in items for p in _checkpoint_paths(Path(item))]
+    run_dir = Path(items[0]) if len(items) == 1 and Path(items[0]).is_dir() else None
+    cfg = _config_for(paths, run_dir)
+    for item in overrides or []:
+        if not item.split("=", 1)[0].strip().startswith(("infer.", "perf.")):
+            raise ConfigError(f"--set {item}: only infer.* and perf.* can change at inference time")
+    apply_overrides(cfg, list(overrides or []))
+    nets = [load_network(p, expect=cfg.model)[0] for p in paths]
+    log.info("model: %d network(s) from %s", len(nets), ", ".join(str(i) for i in items))
+    return Predictor(nets, cfg)

@@ -1,0 +1,265 @@
+"""One scan in, one mask on the scan's own grid out: preprocessing, sliding window, inversion.
+
+:class:`Predictor` holds an ensemble of networks and the transform chain they were trained with.
+:meth:`Predictor.predict` runs the stages that ``timings.csv`` reports: load, preprocess (the
+canonical grid and intensities of training), network and stitch (``monai.inferers.SlidingWindowInferer``,
+softmax averaged over networks and flips inside each window), invert (back to the input grid through
+the chain's inverse, then threshold). Batch handling and files are in :mod:`pipeline.inference.batch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.fusion import prepare_for_inference
+from pipeline.core.config import Config, PerfConfig
+from pipeline.core.errors import ConfigError
+from pipeline.core.runtime import (
+    autocast_context,
+    configure_process,
+    cpu_supports_bf16,
+    prepare_input,
+    prepare_model,
+    select_device,
+)
+from transforms import build_infer_transforms, invert_to_original
+
+__all__ = ["Prediction", "Predictor", "inference_perf", "keep_largest_component"]
+
+log = logging.getLogger("pancreas_seg")
+_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class Prediction:
+    """The result for one scan.
+
+    Attributes:
+        mask: uint8 label map on the input grid, in the input file's voxel order.
+        probability: float32 foreground probability on the input grid, or None when not asked for.
+        affine: the input grid's RAS affine.
+        timings: seconds per stage (``load_s``, ``preprocess_s``, ``network_s``, ``stitch_s``, ``invert_s``).
+    """
+
+    mask: np.ndarray
+    probability: np.ndarray | None
+    affine: np.ndarray
+    timings: dict
+
+
+def inference_perf(cfg: Config, device: torch.device) -> PerfConfig:
+    """The speed options inference runs with: ``perf.*`` adjusted by ``infer.precision``.
+
+    ``auto`` on a CPU turns on channels_last_3d, and bf16 autocast where the CPU has native bf16
+    instructions (together several times faster than float32 for the paper's network, with masks
+    that agree at Dice >= 0.99: ``bench/infer_speed.py``); on CUDA it keeps ``perf.*`` (AMP).
+    ``fp32`` turns every autocast off; ``bf16`` turns it on.
+
+    Raises:
+        ConfigError: an unknown ``infer.precision``.
+    """
+    mode = str(cfg.infer.precision).strip().lower()
+    if mode not in _PRECISIONS:
+        raise ConfigError(
+            f"config key infer.precision: {cfg.infer.precision!r} is not one of {', '.join(_PRECISIONS)}"
+        )
+    perf = dataclasses.replace(cfg.perf)
+    if mode == "fp32":
+        perf.bf16, perf.amp = False, False
+    elif mode == "bf16":
+        perf.bf16, perf.amp = True, True
+    elif device.type == "cpu":
+        perf.channels_last = True  # faster on its own in float32 too (bench/infer_speed.py)
+        perf.bf16 = perf.bf16 or cpu_supports_bf16()
+    return perf
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with only its largest 26-connected foreground component (labels > 0 kept as they are)."""
+    from scipy import ndimage
+
+    fg = mask > 0
+    box = ndimage.find_objects(fg.astype(np.uint8))
+    if not box or box[0] is None:
+        return mask
+    sub = fg[box[0]]  # label only the bounding box: a pancreas is a small part of a scan
+    labels, n = ndimage.label(sub, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return mask
+    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    out = np.zeros_like(mask)
+    out[box[0]] = np.where(labels == largest, mask[box[0]], 0)
+    return out
+
+
+class Predictor:
+    """An ensemble of networks plus the preprocessing they were trained with.
+
+    Args:
+        networks: trained networks; their softmax outputs are averaged (and over flips with
+            ``infer.tta_flip``). Batch norms are folded into the convolutions for speed.
+        cfg: the training config: ``data.*`` decides the canonical grid, ``infer.*`` the sliding
+            window, ``perf.*`` and ``infer.precision`` the device and speed options.
+
+    Raises:
+        ConfigError: invalid ``infer``/``perf``/``data`` settings.
+    """
+
+    def __init__(self, networks: Sequence[torch.nn.Module], cfg: Config):
+
+        if not networks:
+            raise ConfigError("no networks to predict with")
+        self.cfg = cfg
+        self.device = select_device(cfg.perf)
+        configure_process(cfg.perf)
+        self.perf = inference_perf(cfg, self.device)
+        self.networks = [
+            prepare_model(prepare_for_inference(n.eval()), self.device, self.perf) for n in networks
+        ]
+        self.transform = build_infer_transforms(cfg, with_label=True)  # the label only when asked for
+        self._check_window()
+        self._network_s = 0.0
+
+    def _check_window(self) -> None:
+        c = self.cfg.infer
+        roi = list(c.roi_size or self.cfg.data.patch_size)
+        if len(roi) != 3 or min(int(v) for v in roi) < 1:
+            raise ConfigError(f"config key infer.roi_size: expected three positive sizes, got {roi}")
+        if not 0.0 <= c.overlap < 1.0:
+            raise ConfigError(f"config key infer.overlap: expected a value in [0, 1), got {c.overlap}")
+        if c.sw_batch_size < 1:
+            raise ConfigError(f"config key infer.sw_batch_size: expected >= 1, got {c.sw_batch_size}")
+        if c.mode not in ("gaussian", "constant"):
+            raise ConfigError(f"config key infer.mode: {c.mode!r} is not 'gaussian' or 'constant'")
+        self.roi = [int(v) for v in roi]
+        self.divisor = max(int(getattr(n, "divisor", 1)) for n in self.networks)
+        if any(v % self.divisor for v in self.roi):
+            raise ConfigError(
+                f"config key infer.roi_size: {self.roi} must be multiples of {self.divisor} (the network's poolings)"
+            )
+
+    def window_size(self, spatial: Sequence[int]) -> list[int]:
+        """The sliding window for an image of ``spatial`` size: the roi, but along an axis where the
+        image is smaller, only the image's size rounded up to the network's divisor (a thin slab
+        then costs what it holds, not a whole patch of padding)."""
+        d = self.divisor
+        return [min(r, -(-int(s) // d) * d) for r, s in zip(self.roi, spatial)]
+
+    # ----------------------------------------------------------------------------- stages
+    def preprocess(self, record: dict, with_label: bool = False) -> tuple[dict, dict]:
+        """Load ``record["image"]`` (and ``record["label"]`` when ``with_label``) onto the canonical grid.
+
+        Returns:
+            (the chain's output dict, ``{"load_s": .., "preprocess_s": ..}``).
+
+        Raises:
+            ImageError: an unreadable or unusable scan.
+        """
+        item = {"image": record["image"], "case_id": record.get("case_id", "")}
+        if with_label and record.get("label"):
+            item["label"] = record["label"]
+        t0 = time.perf_counter()
+        data = self.transform(item, end=1)  # the loader is the first step
+        t1 = time.perf_counter()
+        data = self.transform(data, start=1)
+        return data, {"load_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}
+
+    def _stitch_device(self, spatial: Sequence[int]) -> torch.device:
+        """The device of the stitched output: the CPU when it would not comfortably fit the GPU."""
+        if self.device.type != "cuda":
+            return self.device
+        n = int(np.prod(spatial)) * (int(self.cfg.model.out_channels) + 1)  # probabilities + weights
+        if n > self.cfg.infer.cpu_stitch_voxels:
+            return torch.device("cpu")
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return torch.device("cpu") if 4 * n > free // 2 else self.device
+
+    def probabilities(self, window: torch.Tensor) -> torch.Tensor:
+        """Mean softmax over the networks (and in-plane flips with ``infer.tta_flip``) for a batch of
+        normalised windows (B, 1, X, Y, Z); the sliding window's callable. Call under ``torch.inference_mode()``."""
+        t0 = time.perf_counter()
+        x = prepare_input(window, self.perf)
+        flips = [()] + ([(2,), (3,), (2, 3)] if self.cfg.infer.tta_flip else [])  # in-plane, as training
+        total = None
+        with autocast_context(self.device, self.perf):
+            for net in self.networks:
+                for dims in flips:
+                    p = torch.softmax(net(torch.flip(x, dims) if dims else x).float(), dim=1)
+                    p = torch.flip(p, dims) if dims else p
+                    total = p if total is None else total.add_(p)
+        total = total.div_(len(self.networks) * len(flips)).contiguous()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so the time is the network's, not the stitching's
+        self._network_s += time.perf_counter() - t0
+        return total
+
+    def sliding_window(self, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Class probabilities (C, X, Y, Z) on the CPU for a canonical (1, X, Y, Z) image."""
+        from monai.inferers import SlidingWindowInferer
+
+        c = self.cfg.infer
+        inferer = SlidingWindowInferer(
+            self.window_size(image.shape[1:]),
+            sw_batch_size=c.sw_batch_size,
+            overlap=c.overlap,
+            mode=c.mode,
+            sw_device=self.device,
+            device=self._stitch_device(image.shape[1:]),
+            progress=False,
+        )
+        self._network_s = 0.0
+        t0 = time.perf_counter()
+        x = torch.as_tensor(image)[None].to(self.device)  # as_tensor: no metadata through the windows
+        with torch.inference_mode():
+            probs = inferer(x, self.probabilities)[0].cpu()
+        total = time.perf_counter() - t0
+        return probs, {"network_s": self._network_s, "stitch_s": max(total - self._network_s, 0.0)}
+
+    def postprocess(self, data: dict, probs: torch.Tensor) -> Prediction:
+        """Bring canonical-grid probabilities back to the input grid and threshold them.
+
+        With two classes only the foreground channel is inverted (linear interpolation) and the
+        mask is ``p > 0.5``, the same as the argmax of both channels at half the cost.
+
+        Args:
+            data: the dict :meth:`preprocess` returned (its image carries the applied transforms).
+            probs: (C, X, Y, Z) class probabilities on the canonical grid.
+        """
+        from monai.data import MetaTensor
+
+        t0 = time.perf_counter()
+        image = data["image"]
+        two = probs.shape[0] == 2
+        pred = probs[1:2] if two else probs
+        item = {"image": image, "pred": MetaTensor(pred, meta=dict(image.meta))}  # the meta holds the affine
+        inv = torch.as_tensor(invert_to_original(item, self.transform, keys=("pred",), nearest=False)["pred"])
+        if two:
+            mask = (inv[0] > 0.5).to(torch.uint8).numpy()
+            fg = inv[0] if self.cfg.infer.save_probabilities else None
+        else:
+            mask = inv.argmax(0).to(torch.uint8).numpy()
+            fg = 1.0 - inv[0] if self.cfg.infer.save_probabilities else None
+        if self.cfg.infer.keep_largest_component:
+            mask = keep_largest_component(mask)
+        affine = np.asarray(image.meta.get("original_affine", image.affine), dtype=np.float64)
+        fg = None if fg is None else fg.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)
+        return Prediction(mask, fg, affine, {"invert_s": time.perf_counter() - t0})
+
+    def predict(self, record: dict) -> Prediction:
+        """Segment one scan (``record["image"]``: a file or a DICOM series folder).
+
+        Raises:
+            ImageError: an unreadable or unusable scan.
+        """
+        data, t = self.preprocess(record)
+        probs, t_sw = self.sliding_window(data["image"])
+        out = self.postprocess(data, probs)
+        out.timings = {**t, **t_sw, **out.timings}
+        return out

@@ -1,0 +1,175 @@
+"""Write masks on the input scan's exact grid and in its format.
+
+NIfTI inputs: the output reuses the input's NIfTI header (sform, qform and their codes), so the
+mask opens exactly on top of the scan. NRRD/MHA inputs: ITK writes the spacing, origin and
+direction read from the input's own header (bit-for-bit the same geometry). DICOM series (written
+as NIfTI) and files without a reference: the geometry comes from the scan's RAS affine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.errors import ImageError
+from transforms.readers import itk_header_io
+
+__all__ = ["output_suffix", "output_path", "save_like", "itk_geometry"]
+
+_NIFTI = (".nii.gz", ".nii")
+_ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def output_suffix(image_path: str | os.PathLike) -> str:
+    """File ending for a prediction of ``image_path``: the input's format; NIfTI for a DICOM series."""
+    name = str(image_path).lower()
+    for ext in (*_NIFTI, *_ITK):
+        if name.endswith(ext):
+            return {".nhdr": ".nrrd", ".mhd": ".mha"}.get(ext, ext)
+    return ".nii.gz"
+
+
+def output_path(
+    out_dir: str | os.PathLike, case_id: str, image_path: str | os.PathLike, tag: str = ""
+) -> Path:
+    """``out_dir/<case_id><tag><input's suffix>``."""
+    return Path(out_dir) / f"{case_id}{tag}{output_suffix(image_path)}"
+
+
+def _split(path: Path) -> tuple[str, str]:
+    name = path.name
+    suffix = next((s for s in (*_NIFTI, *_ITK, ".dcm") if name.lower().endswith(s)), "")
+    return name[: len(name) - len(suffix)], name[len(name) - len(suffix) :]
+
+
+def _tmp(path: Path) -> Path:
+    # keep the real suffix so the writer picks the right format
+    stem, suffix = _split(path)
+    return path.with_name(f".{stem}.{os.getpid()}.tmp{suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete temporaries of ``path`` left by writers that were killed (their process is gone)."""
+    stem, suffix = _split(path)
+    prefix, end = f".{stem}.", f".tmp{suffix}"
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        middle = p.name[len(prefix) : len(p.name) - len(end)]
+        if (
+            p.name.startswith(prefix)
+            and p.name.endswith(end)
+            and middle.isdigit()
+            and not _alive(int(middle))
+        ):
+            p.unlink(missing_ok=True)
+
+
+def itk_geometry(path: str | os.PathLike) -> dict:
+    """Size, spacing, origin (LPS mm) and direction (3x3, columns = axes) from an ITK-readable
+    file's header, without reading its voxels."""
+    io = itk_header_io(path)
+    n = io.GetNumberOfDimensions()
+    return {
+        "size": [int(io.GetDimensions(i)) for i in range(n)],
+        "spacing": [float(io.GetSpacing(i)) for i in range(n)],
+        "origin": [float(io.GetOrigin(i)) for i in range(n)],
+        "direction": np.array([io.GetDirection(i) for i in range(n)], dtype=np.float64).T,
+    }
+
+
+def save_like(
+    array: np.ndarray,
+    affine: np.ndarray,
+    out_path: str | os.PathLike,
+    reference: str | os.PathLike | None = None,
+) -> Path:
+    """Save ``array`` (voxel order of the input file, i.e. as MONAI's readers return it) atomically.
+
+    Args:
+        array: the mask or probability map on the input's grid.
+        affine: the input's RAS affine (MONAI's ``original_affine``/``affine`` of the loaded scan).
+        out_path: target file; its suffix chooses the format.
+        reference: the input file; a NIfTI or NRRD/MHA reference lends its header's geometry.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ImageError: ``array``'s shape is not the reference's.
+        OSError: the file cannot be written (nothing is left behind).
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out_path)  # a killed earlier run's partial file of this output
+    tmp = _tmp(out_path)
+    array = np.asarray(array)
+    ref = str(reference) if reference else ""
+    try:
+        if str(out_path).lower().endswith(_NIFTI):
+            _save_nifti(array, affine, tmp, ref if ref.lower().endswith(_NIFTI) else "")
+        else:
+            _save_itk(array, affine, tmp, ref if ref.lower().endswith(_ITK) else "")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def _check_shape(array: np.ndarray, shape, ref: str) -> None:
+    if tuple(int(s) for s in shape[:3]) != tuple(array.shape[:3]):
+        raise ImageError(
+            f"{ref}: output shape {'x'.join(map(str, array.shape))} is not the scan's "
+            f"{'x'.join(str(int(s)) for s in shape[:3])}"
+        )
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> None:
+    import nibabel as nib
+
+    if ref:
+        hdr = nib.load(ref).header.copy()
+        _check_shape(array, hdr.get_data_shape(), ref)
+        img = nib.Nifti1Image(array, None, header=hdr)  # None: keep the reference's sform/qform as stored
+        img.header.set_data_dtype(array.dtype)
+        img.header.set_slope_inter(1.0, 0.0)
+        img.header["cal_min"], img.header["cal_max"] = 0, 0
+    else:
+        aff = np.asarray(affine, dtype=np.float64)
+        img = nib.Nifti1Image(array, aff)
+        img.set_qform(aff, code=1)
+        img.set_sform(aff, code=1)
+        img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+
+
+def _save_itk(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> None:
+    import itk
+
+    if ref:
+        geo = itk_geometry(ref)
+        _check_shape(array, geo["size"], ref)
+        spacing, origin, direction = geo["spacing"][:3], geo["origin"][:3], geo["direction"][:3, :3]
+    else:
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
+        spacing = np.linalg.norm(lps[:3, :3], axis=0).tolist()
+        origin, direction = lps[:3, 3].tolist(), lps[:3, :3] / spacing
+    img = itk.image_from_array(np.ascontiguousarray(array.transpose(2, 1, 0)))  # ITK arrays are (z, y, x)
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(o) for o in origin])
+    img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction, dtype=np.float64)))
+    itk.imwrite(img, str(path), compression=True)

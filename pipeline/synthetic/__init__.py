@@ -1,0 +1,1 @@
+"""Synthetic abdominal CT phantoms with a pancreas label, for the demo and the tests."""

@@ -1,0 +1,1 @@
+"""Training of one fold on MONAI's engines: the engine set-up, event handlers, experiment tracking."""

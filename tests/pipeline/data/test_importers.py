@@ -7,8 +7,6 @@ import re
 import shutil
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,18 +14,7 @@ from pipeline.core.errors import ManifestError
 from pipeline.data.folds import read_splits, write_splits
 from pipeline.data.importers import import_glob, import_msd, import_nih, import_nnunet
 from pipeline.data.manifest import assign_folds, case_records, read_manifest
-from tests.conftest import SHARED_DATA
-
-DICOM_DIR = SHARED_DATA / "totalsegmentator" / "ct_dicom"
-needs_dicom = pytest.mark.skipif(
-    not DICOM_DIR.is_dir(), reason="shared real CT data (../shared/data) not present"
-)
-
-
-def nifti(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)), str(path))
-    return path
+from tests.pipeline.data.conftest import DICOM_DIR, needs_dicom, nifti
 
 
 def rows(df: pd.DataFrame, *cols: str) -> list[tuple]:

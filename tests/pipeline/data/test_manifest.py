@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,18 +20,8 @@ from pipeline.data.manifest import (
     validate_manifest,
     write_manifest,
 )
-from tests.conftest import REPO, SHARED_DATA
-
-DICOM_DIR = SHARED_DATA / "totalsegmentator" / "ct_dicom"
-needs_dicom = pytest.mark.skipif(
-    not DICOM_DIR.is_dir(), reason="shared real CT data (../shared/data) not present"
-)
-
-
-def nifti(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)), str(path))
-    return path
+from tests.conftest import REPO
+from tests.pipeline.data.conftest import DICOM_DIR, needs_dicom, nifti
 
 
 @pytest.fixture()

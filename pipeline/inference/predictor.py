@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from models.fusion import prepare_for_inference
+from pipeline.core import runtime
 from pipeline.core.config import Config, PerfConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.runtime import (
     autocast_context,
     configure_process,
-    cpu_supports_bf16,
     prepare_input,
     prepare_model,
     select_device,
@@ -77,7 +77,7 @@ def inference_perf(cfg: Config, device: torch.device) -> PerfConfig:
         perf.bf16, perf.amp = True, True
     elif device.type == "cpu":
         perf.channels_last = True  # faster on its own in float32 too (bench/infer_speed.py)
-        perf.bf16 = perf.bf16 or cpu_supports_bf16()
+        perf.bf16 = perf.bf16 or runtime.cpu_supports_bf16()  # looked up here: tests stand in for the CPU
     return perf
 
 

@@ -10,7 +10,6 @@ from transforms.chains import (
     build_train_transforms,
     build_val_transforms,
     invert_to_original,
-    resolve_target_spacing,
 )
 from transforms.dataset import make_dataset
 from transforms.geometry import BodyCropd, CTSpacingd
@@ -25,7 +24,6 @@ __all__ = [
     "build_infer_transforms",
     "invert_to_original",
     "make_dataset",
-    "resolve_target_spacing",
     "build_intensity",
     "BodyCropd",
     "CTSpacingd",

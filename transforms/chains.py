@@ -32,7 +32,7 @@ from monai.transforms import (
 )
 
 from pipeline.core.config import Config
-from pipeline.core.errors import ConfigError
+from pipeline.core.config_checks import AXIS_LABELS
 from transforms.compose import CTCompose
 from transforms.geometry import BodyCropd, CTSpacingd
 from transforms.intensity import build_intensity
@@ -45,53 +45,19 @@ __all__ = [
     "build_val_transforms",
     "build_infer_transforms",
     "invert_to_original",
-    "resolve_target_spacing",
 ]
 
 AIR_HU = -1024.0  # value for padding images before normalisation
-_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-
-
-def _check_orientation(code: str) -> str:
-    code = str(code).upper()
-    axes = []
-    for ch in code:
-        found = [i for i, pair in enumerate(_AXIS_LABELS) if ch in pair]
-        axes.extend(found)
-    if len(code) != 3 or sorted(axes) != [0, 1, 2]:
-        raise ConfigError(f"config key data.orientation: {code!r} is not an axis code such as 'RAS' or 'LPS'")
-    return code
-
-
-def resolve_target_spacing(cfg: Config) -> list[float]:
-    """The spacing the chains resample to: ``data.target_spacing``, or the fingerprint's suggestion
-    when ``data.spacing_from_fingerprint`` is true.
-
-    Raises:
-        ConfigError: no fingerprint given when needed, or not three positive numbers.
-    """
-    spacing = list(cfg.data.target_spacing)
-    where = "data.target_spacing"
-    if cfg.data.spacing_from_fingerprint:
-        from pipeline.data.fingerprint import (
-            read_fingerprint,  # late: pipeline.data.fingerprint loads through us
-        )
-
-        if not cfg.data.fingerprint:
-            raise ConfigError(
-                "config key data.fingerprint: required when data.spacing_from_fingerprint is true"
-            )
-        spacing = list(read_fingerprint(cfg.data.fingerprint).get("suggested_target_spacing") or [])
-        where = f"{cfg.data.fingerprint}: suggested_target_spacing"
-    if len(spacing) != 3 or not all(float(s) > 0 and math.isfinite(float(s)) for s in spacing):
-        raise ConfigError(f"{where}: expected three positive spacings in mm, got {spacing}")
-    return [float(s) for s in spacing]
 
 
 def _canonical_steps(cfg: Config, keys: list[str], label_required: bool) -> list:
-    """Load, map labels, reorient, body crop, resample: the deterministic geometry of every chain."""
-    spacing = resolve_target_spacing(cfg)
-    orientation = _check_orientation(cfg.data.orientation)
+    """Load, map labels, reorient, body crop, resample: the deterministic geometry of every chain.
+
+    The values are checked when the config is loaded; ``data.target_spacing`` already holds the
+    fingerprint's suggestion when ``data.spacing_from_fingerprint`` is true.
+    """
+    spacing = [float(s) for s in cfg.data.target_spacing]
+    orientation = str(cfg.data.orientation).upper()
     labels = [k for k in keys if k != "image"]
     allow_missing = not label_required  # labels only: LoadCTd always requires the image
     steps: list = [
@@ -100,7 +66,7 @@ def _canonical_steps(cfg: Config, keys: list[str], label_required: bool) -> list
     if labels:
         steps.append(MapLabelsd(labels, allow_missing_keys=allow_missing))
     steps.append(
-        Orientationd(keys, axcodes=orientation, labels=_AXIS_LABELS, allow_missing_keys=allow_missing)
+        Orientationd(keys, axcodes=orientation, labels=AXIS_LABELS, allow_missing_keys=allow_missing)
     )
     if cfg.data.body_crop:
         steps.append(
@@ -130,39 +96,15 @@ def build_infer_transforms(cfg: Config, with_label: bool = False) -> CTCompose:
         An invertible ``Compose`` (a :class:`~transforms.compose.CTCompose`: it raises the pipeline's
         ``ImageError`` itself, not MONAI's ``RuntimeError`` wrapper); pass it to
         :func:`invert_to_original` with the prediction.
-
-    Raises:
-        ConfigError: invalid ``data`` settings.
     """
     keys = ["image", "label"] if with_label else ["image"]
     return CTCompose([*_canonical_steps(cfg, keys, label_required=False), build_intensity(cfg, "image")])
 
 
 def build_val_transforms(cfg: Config) -> CTCompose:
-    """Whole-volume chain for sliding-window validation: image and label on the canonical grid.
-
-    Raises:
-        ConfigError: invalid ``data`` settings.
-    """
+    """Whole-volume chain for sliding-window validation: image and label on the canonical grid."""
     keys = ["image", "label"]
     return CTCompose([*_canonical_steps(cfg, keys, label_required=True), build_intensity(cfg, "image")])
-
-
-def _check_patch(cfg: Config) -> list[int]:
-    patch = [int(v) for v in cfg.data.patch_size]
-    if len(patch) != 3 or min(patch) < 1:
-        raise ConfigError(
-            f"config key data.patch_size: expected three positive sizes, got {cfg.data.patch_size}"
-        )
-    if not 0.0 <= cfg.data.pos_fraction <= 1.0:
-        raise ConfigError(
-            f"config key data.pos_fraction: expected a value in [0, 1], got {cfg.data.pos_fraction}"
-        )
-    if cfg.data.samples_per_volume < 1:
-        raise ConfigError(
-            f"config key data.samples_per_volume: expected >= 1, got {cfg.data.samples_per_volume}"
-        )
-    return patch
 
 
 def _augmentation(cfg: Config, keys: list[str]) -> list:
@@ -184,10 +126,6 @@ def _augmentation(cfg: Config, keys: list[str]) -> list:
             )
         )
     if aug.scale_prob > 0 and list(aug.scale_range) != [1.0, 1.0]:
-        if len(aug.scale_range) != 2 or not 0 < aug.scale_range[0] <= aug.scale_range[1]:
-            raise ConfigError(
-                f"config key data.augment.scale_range: expected [min, max] > 0, got {aug.scale_range}"
-            )
         steps.append(
             RandZoomd(
                 keys,
@@ -214,11 +152,9 @@ def build_train_transforms(cfg: Config) -> CTCompose:
     Each volume yields a list of ``data.samples_per_volume`` patch dicts of ``data.patch_size``;
     a fraction ``data.pos_fraction`` of them is centred on a label voxel.
 
-    Raises:
-        ConfigError: invalid ``data`` settings.
     """
     keys = ["image", "label"]
-    patch = _check_patch(cfg)
+    patch = [int(v) for v in cfg.data.patch_size]
     pos = float(cfg.data.pos_fraction)
     steps = [
         *_canonical_steps(cfg, keys, label_required=True),

@@ -19,9 +19,8 @@ from pipeline.core.config import Config
 from pipeline.core.errors import ConfigError
 from transforms.compose import UnwrapErrorsMixin
 
-__all__ = ["CACHE_MODES", "CACHE_VERSION", "cache_key", "make_dataset"]
+__all__ = ["CACHE_VERSION", "cache_key", "make_dataset"]
 
-CACHE_MODES = ("memory", "disk", "none")
 CACHE_VERSION = 1  # bump when the deterministic steps change their output for the same config
 
 
@@ -70,14 +69,15 @@ def _deterministic_names(transform) -> list[str]:
 def cache_key(transform, cfg: Config) -> str:
     """Hash of everything that shapes a cached volume: the deterministic steps and the data config.
 
-    A changed spacing, window, fingerprint file, crop or patch size gives new cache files instead
-    of silently reusing stale ones.
+    A changed spacing, window, fingerprint statistics, crop or patch size gives new cache files
+    instead of silently reusing stale ones. The fingerprint counts by the values the config holds
+    (``data.fingerprint_values``), not by its file's name or whether the file is still there.
     """
     data = dataclasses.asdict(cfg.data)
     for field in ("augment", "cache", "cache_dir", "num_workers", "pos_fraction", "samples_per_volume"):
         data.pop(field, None)
-    if cfg.data.fingerprint and Path(cfg.data.fingerprint).is_file():
-        data["fingerprint_content"] = Path(cfg.data.fingerprint).read_text()
+    data.pop("fingerprint", None)
+    data["fingerprint_values"].pop("source", None)
     payload = {"version": CACHE_VERSION, "steps": _deterministic_names(transform), "data": data}
     return json_hashing(json.loads(json.dumps(payload, default=str))).decode("utf-8")[:16]
 
@@ -99,7 +99,7 @@ def make_dataset(
         Indexing raises the pipeline's errors (e.g. ``ImageError``) as themselves.
 
     Raises:
-        ConfigError: unknown cache mode, or ``"disk"`` without a cache folder.
+        ConfigError: ``"disk"`` without a cache folder (neither ``cache_dir`` nor ``data.cache_dir``).
     """
     mode = cfg.data.cache
     records = list(records)
@@ -108,11 +108,11 @@ def make_dataset(
     if mode == "memory":
         workers = max(int(cfg.data.num_workers), 1)
         return _CacheDataset(records, transform, num_workers=workers, progress=False)
-    if mode == "disk":
-        folder = cache_dir or cfg.data.cache_dir
-        if not folder:
-            raise ConfigError("config key data.cache_dir: required when data.cache is 'disk'")
-        ds = _CTPersistentDataset(records, transform, cache_dir=Path(folder), track_meta=True)
-        ds.transform_hash = cache_key(transform, cfg)  # appended to each item's hash in the file name
-        return ds
-    raise ConfigError(f"config key data.cache: unknown mode {mode!r} (known: {', '.join(CACHE_MODES)})")
+    folder = cache_dir or cfg.data.cache_dir  # "disk" (data.cache is checked when the config is loaded)
+    if not folder:
+        raise ConfigError(
+            "config key data.cache_dir: required when data.cache is 'disk'", key="data.cache_dir"
+        )
+    ds = _CTPersistentDataset(records, transform, cache_dir=Path(folder), track_meta=True)
+    ds.transform_hash = cache_key(transform, cfg)  # appended to each item's hash in the file name
+    return ds

@@ -45,10 +45,10 @@ def _one_line(text: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     """Run the subcommand; under torchrun only those that know how to share the work."""
     from pipeline.core import distributed
-    from pipeline.core.errors import ConfigError
+    from pipeline.core.errors import UsageError
 
     if distributed.launched() and args.command not in TORCHRUN_COMMANDS:
-        raise ConfigError(
+        raise UsageError(
             f"pancreas-seg {args.command} runs as one process; under torchrun use one of "
             f"{', '.join(sorted(TORCHRUN_COMMANDS))}"
         )

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from pipeline.core.config import load_config
-from pipeline.core.errors import ManifestError
+from pipeline.core.errors import ManifestError, UsageError
 
 __all__ = [
     "cmd_check",
@@ -32,15 +32,20 @@ __all__ = [
 log = logging.getLogger("pancreas_seg")
 
 
-def _config(args: argparse.Namespace):
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", None))
+def _config(args: argparse.Namespace, fingerprint: bool = True):
+    """The config of ``--config`` and ``--set``, every value checked before anything is written.
+
+    ``fingerprint=False`` for commands that build no transform chain: they do not need
+    ``data.fingerprint`` (``fingerprint`` writes it).
+    """
+    return load_config(getattr(args, "config", None), getattr(args, "overrides", None), fingerprint)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Every input validation of a manifest's cases, as a table; exit 2 when any is an error."""
     from pipeline.data.check import check_manifest, format_problems, raise_first_error, write_problems
 
-    cfg = _config(args)
+    cfg = _config(args, fingerprint=False)
     records, problems = check_manifest(args.manifest, cfg.data.dicom_series, args.require_labels)
     print(format_problems(problems, len(records)))
     if args.out:
@@ -59,7 +64,7 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     from pipeline.synthetic.phantom import write_phantoms
 
     if args.n < 1:
-        raise ManifestError(f"--n must be at least 1, got {args.n}")
+        raise UsageError(f"--n must be at least 1, got {args.n}")
     start = time.perf_counter()
     cases = write_phantoms(args.out, n=args.n, seed=args.seed, shape=args.shape, formats=tuple(args.formats))
     log.info("wrote %d phantoms to %s in %.1f s", len(cases), args.out, time.perf_counter() - start)
@@ -130,14 +135,14 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     from pipeline.data.fingerprint import compute_fingerprint, write_fingerprint
     from pipeline.data.manifest import case_records, read_manifest
 
-    cfg = _config(args)
+    cfg = _config(args, fingerprint=False)  # this command writes data.fingerprint
     df = read_manifest(args.manifest, require_labels=True)
     fp = compute_fingerprint(case_records(df), cfg)
     path = write_fingerprint(fp, args.out)
     log.info(
         "wrote %s; suggested spacing %s mm, patch %s",
         path,
-        fp.get("suggested_spacing"),
+        fp.get("suggested_target_spacing"),
         fp.get("suggested_patch_size"),
     )
     return 0
@@ -147,7 +152,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     """Print the configured network's parameter count and gates."""
     from models import model_info
 
-    info = model_info(_config(args).model)
+    info = model_info(_config(args, fingerprint=False).model)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -166,18 +171,19 @@ def _folds_arg(text: str | None) -> list[int] | None:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ManifestError(f"--folds {text!r}: expected comma-separated integers such as 0,2") from None
+        raise UsageError(f"--folds {text!r}: expected comma-separated integers such as 0,2") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one fold."""
     from pipeline.core import distributed
     from pipeline.data.manifest import case_records, read_manifest
-    from pipeline.training.train import train_fold
+    from pipeline.training.train import split_records, train_fold
     from pipeline.workflows.cv import prepare_run_dir
 
     cfg = _config(args)
     records = case_records(read_manifest(args.manifest, require_labels=True))
+    split_records(records, args.fold, args.manifest)  # a fold with no cases: refused before any write
     _preflight(cfg, records, args.manifest, Path(args.out), [args.fold])
     distributed.join(cfg.perf)
     run = prepare_run_dir(cfg, args.out)

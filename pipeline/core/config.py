@@ -14,16 +14,19 @@ import platform
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from pipeline.core.config_checks import check_config
+from pipeline.core.config_values import assign_values
 from pipeline.core.errors import ConfigError
 from pipeline.core.fileio import atomic_write_text
+from pipeline.core.fingerprint import resolve_fingerprint
 
 __all__ = [
     "DataConfig",
     "AugmentConfig",
+    "FingerprintValues",
     "ModelConfig",
     "TrainConfig",
     "InferConfig",
@@ -59,6 +62,19 @@ class AugmentConfig:
 
 
 @dataclass
+class FingerprintValues:
+    """What the chains use from ``data.fingerprint``, copied in when the config is loaded (see
+    :mod:`pipeline.core.fingerprint`), so a run's ``config.yaml`` reloads without the file. Not read
+    again while ``source`` equals ``data.fingerprint``."""
+
+    source: str = ""  # the fingerprint file the values below were read from
+    target_spacing: list[float] = field(default_factory=list)  # its suggested_target_spacing, mm
+    clip_hu: list[float] = field(default_factory=list)  # foreground 0.5 and 99.5 percentiles, HU
+    mean_hu: float = 0.0  # foreground mean, HU
+    std_hu: float = 0.0  # foreground standard deviation, HU
+
+
+@dataclass
 class DataConfig:
     """Loading, geometry, intensity, patch sampling and caching."""
 
@@ -66,6 +82,7 @@ class DataConfig:
     target_spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # paper: 2 mm isotropic
     spacing_from_fingerprint: bool = False  # use the fingerprint's suggested spacing instead
     fingerprint: str = ""  # path to the JSON written by `pancreas-seg fingerprint`
+    fingerprint_values: FingerprintValues = field(default_factory=FingerprintValues)  # filled in from it
     intensity: str = "window"  # "window" | "fingerprint" (nnU-Net CT) | "zscore" (paper: per volume)
     window_hu: list[float] = field(default_factory=lambda: [-100.0, 240.0])
     body_crop: bool = True
@@ -165,66 +182,36 @@ class Config:
     perf: PerfConfig = field(default_factory=PerfConfig)
 
 
-def _coerce(value: Any, default: Any, key: str) -> Any:
-    """Convert ``value`` to the type of ``default`` (the field's default), or raise ConfigError."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("true", "yes", "1", "on"):
-                    return True
-                if low in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError(value)
-            if isinstance(value, (bool, int)):
-                return bool(value)
-            raise ValueError(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, str):
-            return "" if value is None else str(value)
-        if isinstance(default, (list, tuple)):
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, (list, tuple)):
-                value = [value]
-            if default:
-                return [_coerce(v, default[0], key) for v in value]
-            return list(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {key}: cannot use {value!r} as {type(default).__name__}") from None
-    return value
-
-
-def _update(obj: Any, values: dict, prefix: str = "") -> None:
-    if not isinstance(values, dict):
-        raise ConfigError(f"config section {prefix or '<root>'}: expected a mapping, got {values!r}")
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key {full} (known: {', '.join(sorted(names))})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _update(current, value, f"{full}.")
-        else:
-            setattr(obj, key, _coerce(value, current if current != [] else value, full))
+def _finish(cfg: Config, fingerprint: bool = True) -> Config:
+    """Resolve the fingerprint into ``cfg`` and check every value (:mod:`pipeline.core.config_checks`)."""
+    if fingerprint:
+        resolve_fingerprint(cfg.data)
+    return check_config(cfg, fingerprint)
 
 
 def update_config(cfg: Config, values: dict) -> Config:
-    """Update ``cfg`` in place from a nested dict (e.g. a config stored in a checkpoint)."""
-    values = dict(values)
-    values.pop("provenance", None)
-    _update(cfg, values)
-    return cfg
+    """Update ``cfg`` in place from a nested dict (e.g. a config stored in a checkpoint), then check it.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, or a value that is not allowed.
+    """
+    if isinstance(values, dict):  # anything else is refused by assign_values, with its type
+        values = {k: v for k, v in values.items() if k != "provenance"}
+    assign_values(cfg, values)
+    return _finish(cfg)
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
-    """Apply ``key.sub=value`` strings (values parsed as YAML, then coerced to the field's type)."""
+    """Apply ``key.sub=value`` strings (values parsed as YAML, then coerced to the field's type), then
+    check the whole config.
+
+    Raises:
+        ConfigError: a malformed override, an unknown key, or a value that is not allowed.
+    """
+    return _finish(_apply(cfg, overrides))
+
+
+def _apply(cfg: Config, overrides: list[str] | None) -> Config:
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
@@ -237,7 +224,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
         nested: dict = {parts[-1]: value}
         for part in reversed(parts[:-1]):
             nested = {part: nested}
-        _update(cfg, nested)
+        assign_values(cfg, nested)
     return cfg
 
 
@@ -248,13 +235,24 @@ def _resolve_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None, fingerprint: bool = True
+) -> Config:
     """Build a config from the defaults, a YAML file (path or bundled name) and overrides.
+
+    Then the fingerprint is resolved into the config and every value checked; a bad value set by
+    the file is reported with the file's name.
+
+    Args:
+        path: YAML file, or the name of a bundled config (``demo``); None: the defaults.
+        overrides: ``key.sub=value`` strings, applied after the file.
+        fingerprint: read ``data.fingerprint`` into the config when a setting uses it. False for
+            commands that never build a chain (``pancreas-seg fingerprint`` writes that file).
 
     Raises:
         ConfigError: the file is missing or not YAML, or a key or value is invalid.
     """
-    cfg = Config()
+    cfg, p, from_file = Config(), None, set()
     if path:
         p = _resolve_path(path)
         try:
@@ -265,12 +263,30 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        values.pop("provenance", None)  # written by save_run_config; informational only
+        if isinstance(values, dict):
+            values.pop("provenance", None)  # written by save_run_config; informational only
         try:
-            _update(cfg, values)
+            assign_values(cfg, values)
         except ConfigError as exc:
-            raise ConfigError(f"{p}: {exc}") from None
-    return apply_overrides(cfg, overrides)
+            raise ConfigError(f"{p}: {exc}", exc.key) from None
+        from_file = _dotted_keys(values)
+    _apply(cfg, overrides)
+    try:
+        return _finish(cfg, fingerprint)
+    except ConfigError as exc:
+        overridden = {item.split("=", 1)[0].strip() for item in overrides or []}
+        if exc.key not in from_file or exc.key in overridden:
+            raise
+        raise ConfigError(f"{p}: {exc}", exc.key) from None  # the file set the bad value
+
+
+def _dotted_keys(values: dict, prefix: str = "") -> set[str]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr"}``: the keys a YAML mapping sets."""
+    keys = set()
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        keys |= _dotted_keys(value, f"{full}.") if isinstance(value, dict) else {full}
+    return keys
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 __all__ = [
     "PipelineError",
     "ConfigError",
+    "UsageError",
     "ManifestError",
     "ImageError",
     "CheckpointError",
@@ -27,7 +28,22 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError):
-    """A config file, key or value is invalid."""
+    """A config file, key or value is invalid.
+
+    Args:
+        message: one line naming the key (or file) and the problem.
+        key: the config key at fault (``train.loss``), when there is one; :func:`pipeline.core.config.load_config`
+            uses it to say whether the value came from the file or from ``--set``.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+class UsageError(PipelineError):
+    """A command-line argument is invalid (a bad value, or options that do not go together), as
+    argparse's own usage errors but found after parsing."""
 
 
 class ManifestError(PipelineError):

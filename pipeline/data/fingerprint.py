@@ -3,8 +3,9 @@ target spacing and patch size they suggest (after nnU-Net's ``DatasetFingerprint
 ``ExperimentPlanner``).
 
 The JSON written by ``pancreas-seg fingerprint`` is what ``data.intensity: fingerprint`` (nnU-Net's
-CT normalisation) and ``data.spacing_from_fingerprint`` read. Spacings and shapes are given in the
-axis order of ``data.orientation`` (the order the chains resample in).
+CT normalisation) and ``data.spacing_from_fingerprint`` use: the config reads it when it is loaded
+(:mod:`pipeline.core.fingerprint`, which also has :func:`read_fingerprint`). Spacings and shapes are
+given in the axis order of ``data.orientation`` (the order the chains resample in).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 from monai.transforms import Orientationd
 
 from pipeline.core.config import Config
-from pipeline.core.errors import ConfigError, ManifestError
+from pipeline.core.config_checks import AXIS_LABELS
+from pipeline.core.errors import ManifestError
 from pipeline.core.fileio import atomic_write_text
+from pipeline.core.fingerprint import read_fingerprint
 from transforms.compose import CTCompose
 from transforms.geometry import BodyCropd
 from transforms.io import LoadCTd
@@ -153,8 +156,8 @@ def compute_fingerprint(records: Sequence[dict], cfg: Config, samples_per_case: 
         MapLabelsd("label"),
         Orientationd(
             keys,
-            axcodes=cfg.data.orientation,
-            labels=(("L", "R"), ("P", "A"), ("I", "S")),
+            axcodes=str(cfg.data.orientation).upper(),
+            labels=AXIS_LABELS,
             allow_missing_keys=True,
         ),
     ]
@@ -215,26 +218,3 @@ def write_fingerprint(fp: dict, path: str | os.PathLike) -> Path:
         OutputError: it cannot be written (nothing half-written is left).
     """
     return atomic_write_text(path, json.dumps(fp, indent=2) + "\n")
-
-
-def read_fingerprint(path: str | os.PathLike) -> dict:
-    """Read a fingerprint JSON written by :func:`write_fingerprint`.
-
-    Raises:
-        ConfigError: missing or unreadable file, not JSON, or not a fingerprint.
-    """
-    p = Path(path)
-    try:
-        fp = json.loads(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read fingerprint ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{p}: fingerprint is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    missing = [
-        k
-        for k in ("version", "spacings", "suggested_target_spacing")
-        if not isinstance(fp, dict) or k not in fp
-    ]
-    if missing:
-        raise ConfigError(f"{p}: not a fingerprint (missing {', '.join(missing)})")
-    return fp

@@ -34,7 +34,6 @@ from transforms import build_infer_transforms, invert_to_original
 __all__ = ["Prediction", "Predictor", "inference_perf", "keep_largest_component"]
 
 log = logging.getLogger("pancreas_seg")
-_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -60,16 +59,10 @@ def inference_perf(cfg: Config, device: torch.device) -> PerfConfig:
     ``auto`` on a CPU turns on channels_last_3d, and bf16 autocast where the CPU has native bf16
     instructions (together several times faster than float32 for the paper's network, with masks
     that agree at Dice >= 0.99: ``bench/infer_speed.py``); on CUDA it keeps ``perf.*`` (AMP).
-    ``fp32`` turns every autocast off; ``bf16`` turns it on.
-
-    Raises:
-        ConfigError: an unknown ``infer.precision``.
+    ``fp32`` turns every autocast off; ``bf16`` turns it on (``infer.precision`` is checked when the
+    config is loaded).
     """
-    mode = str(cfg.infer.precision).strip().lower()
-    if mode not in _PRECISIONS:
-        raise ConfigError(
-            f"config key infer.precision: {cfg.infer.precision!r} is not one of {', '.join(_PRECISIONS)}"
-        )
+    mode = cfg.infer.precision
     perf = dataclasses.replace(cfg.perf)
     if mode == "fp32":
         perf.bf16, perf.amp = False, False
@@ -109,7 +102,8 @@ class Predictor:
             window, ``perf.*`` and ``infer.precision`` the device and speed options.
 
     Raises:
-        ConfigError: invalid ``infer``/``perf``/``data`` settings.
+        ConfigError: no networks, a sliding window that is not a multiple of the networks' poolings,
+            or CUDA asked for where there is none.
     """
 
     def __init__(self, networks: Sequence[torch.nn.Module], cfg: Config):
@@ -128,16 +122,9 @@ class Predictor:
         self._network_s = 0.0
 
     def _check_window(self) -> None:
-        c = self.cfg.infer
-        roi = list(c.roi_size or self.cfg.data.patch_size)
-        if len(roi) != 3 or min(int(v) for v in roi) < 1:
-            raise ConfigError(f"config key infer.roi_size: expected three positive sizes, got {roi}")
-        if not 0.0 <= c.overlap < 1.0:
-            raise ConfigError(f"config key infer.overlap: expected a value in [0, 1), got {c.overlap}")
-        if c.sw_batch_size < 1:
-            raise ConfigError(f"config key infer.sw_batch_size: expected >= 1, got {c.sw_batch_size}")
-        if c.mode not in ("gaussian", "constant"):
-            raise ConfigError(f"config key infer.mode: {c.mode!r} is not 'gaussian' or 'constant'")
+        """The window must fit these networks' poolings (the config's own values are checked when
+        it is loaded; networks may come from elsewhere, e.g. checkpoints)."""
+        roi = list(self.cfg.infer.roi_size or self.cfg.data.patch_size)
         self.roi = [int(v) for v in roi]
         self.divisor = max(int(getattr(n, "divisor", 1)) for n in self.networks)
         if any(v % self.divisor for v in self.roi):

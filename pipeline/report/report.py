@@ -30,7 +30,7 @@ import yaml
 
 from models import build_model, count_parameters
 from pipeline.core.config import Config, load_config
-from pipeline.core.errors import CheckpointError, ConfigError, ManifestError, writing
+from pipeline.core.errors import CheckpointError, ConfigError, ManifestError, UsageError, writing
 from pipeline.core.runtime import select_device
 from pipeline.data.manifest import case_records, read_manifest
 from pipeline.evaluation.evaluate import summarize
@@ -75,6 +75,7 @@ def write_report(
 
     Raises:
         ManifestError: not a run folder, no finished fold, or an unreadable manifest.
+        UsageError: ``max_cases`` < 0.
         ImageError: a scan, label or mask cannot be read.
         CheckpointError: a fold's best checkpoint is unreadable.
     """
@@ -82,7 +83,7 @@ def write_report(
     if not run.is_dir():
         raise ManifestError(f"{run}: no such run folder")
     if max_cases < 0:
-        raise ManifestError(f"--max-cases must be 0 or more, got {max_cases}")
+        raise UsageError(f"--max-cases must be 0 or more, got {max_cases}")
     is_cv = (run / "cv_summary.json").exists() or any(run.glob("fold_*/metrics.csv"))
     if not is_cv and any(run.glob("fold_*")):
         raise ManifestError(

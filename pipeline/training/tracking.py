@@ -27,18 +27,10 @@ __all__ = ["mlflow_tracking_uri", "attach_mlflow"]
 def mlflow_tracking_uri(cfg: Config, run_dir: str | os.PathLike) -> str:
     """``train.mlflow_uri``, or ``sqlite:///<run_dir>/mlruns.db`` (absolute) when it is empty.
 
-    Raises:
-        ConfigError: a plain folder or ``file://`` URI (MLflow's removed file store).
+    A folder or ``file://`` URI (MLflow's removed file store) is refused when the config is loaded.
     """
     uri = cfg.train.mlflow_uri.strip()
-    if not uri:
-        return "sqlite:///" + str((Path(run_dir) / "mlruns.db").resolve())
-    if uri.startswith("file:") or "://" not in uri:
-        raise ConfigError(
-            f"config key train.mlflow_uri: {uri!r} is a folder; MLflow no longer supports folder (file store) "
-            "tracking: use sqlite:///path/to/mlruns.db, an http(s):// server, or leave it empty"
-        )
-    return uri
+    return uri or "sqlite:///" + str((Path(run_dir) / "mlruns.db").resolve())
 
 
 def _params(cfg: Config, fold: Any) -> dict[str, str]:

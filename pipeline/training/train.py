@@ -89,39 +89,45 @@ def split_records(records: list[dict], fold: int, source: str = "manifest") -> t
     return train, val
 
 
+# train.loss, train.optimizer and train.lr_schedule are checked when the config is loaded
+# (pipeline.core.config_checks); these builders only map the checked names.
+
+
 def build_loss(cfg: Config) -> torch.nn.Module:
-    """Dice (+ cross-entropy) on softmax outputs, weighted over deep-supervision outputs."""
+    """Dice (+ cross-entropy) on softmax outputs, weighted over deep-supervision outputs.
+
+    ``"dice"`` is the paper's soft Dice over all classes including background.
+    """
     from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
 
-    if cfg.train.loss == "dice_ce":
-        base = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True)
-    elif cfg.train.loss == "dice":  # the paper: soft Dice over all classes including background
-        base = DiceLoss(to_onehot_y=True, softmax=True, include_background=True)
-    else:
-        raise ManifestError(f"config train.loss: unknown loss {cfg.train.loss!r} (use dice_ce or dice)")
+    loss = {"dice_ce": DiceCELoss, "dice": DiceLoss}[cfg.train.loss]
+    base = loss(to_onehot_y=True, softmax=True, include_background=True)
     return DeepSupervisionLoss(base, weights=list(cfg.train.ds_weights))
 
 
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    """Adam (the paper), or SGD with Nesterov momentum, from ``train.*``."""
     t = cfg.train
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(
+    optimizers = {
+        "adam": lambda: torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay),
+        "sgd": lambda: torch.optim.SGD(
             params, lr=t.lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay
-        )
-    raise ManifestError(f"config train.optimizer: unknown optimizer {t.optimizer!r} (use adam or sgd)")
+        ),
+    }
+    return optimizers[t.optimizer]()
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
+    """The learning-rate schedule ``train.lr_schedule``, stepped once per epoch."""
     t = cfg.train
-    if t.lr_schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step_epochs, gamma=t.lr_gamma)
-    if t.lr_schedule == "poly":
-        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=t.epochs, power=0.9)
-    if t.lr_schedule == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise ManifestError(f"config train.lr_schedule: unknown schedule {t.lr_schedule!r} (step, poly or none)")
+    schedules = {
+        "step": lambda: torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=t.lr_step_epochs, gamma=t.lr_gamma
+        ),
+        "poly": lambda: torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=t.epochs, power=0.9),
+        "none": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+    }
+    return schedules[t.lr_schedule]()
 
 
 def _prepare_batch_fn(channels_last: bool):

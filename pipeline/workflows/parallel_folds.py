@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline.core import distributed
 from pipeline.core.config import Config
-from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.errors import PipelineError, UsageError
 from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.workflows.cv import aggregate, prepare_run_dir
 
@@ -78,13 +78,14 @@ def run_parallel_folds(
         The CV summary (as :func:`pipeline.workflows.cv.aggregate`).
 
     Raises:
-        ConfigError: ``jobs`` < 1, or a run folder made with other settings.
+        UsageError: ``jobs`` < 1, or started under torchrun.
+        ConfigError: a run folder made with other settings.
         PipelineError: a fold process failed (its log file is named).
     """
     if jobs < 1:
-        raise ConfigError(f"--parallel-folds {jobs}: expected a number of processes >= 1")
+        raise UsageError(f"--parallel-folds {jobs}: expected a number of processes >= 1")
     if distributed.launched():
-        raise ConfigError("--parallel-folds starts its own processes; run it without torchrun")
+        raise UsageError("--parallel-folds starts its own processes; run it without torchrun")
     run_dir = prepare_run_dir(cfg, run_dir)
     write_manifest(read_manifest(manifest, require_labels=True), run_dir / "manifest.csv")
     todo = [k for k in folds if not (run_dir / f"fold_{k}" / "DONE").exists()]

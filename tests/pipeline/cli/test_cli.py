@@ -6,6 +6,8 @@ import sys
 import pytest
 
 from pipeline.cli import build_parser, main
+from pipeline.core.config import save_config
+from tests.conftest import tiny_config
 
 COMMANDS = [
     "phantoms",
@@ -43,7 +45,9 @@ def test_parser_lists_commands():
         (["cv", "--manifest", "{tmp}/missing.csv", "--out", "{tmp}/run"], "missing.csv"),
         (["model-info", "--set", "model.name=resnet"], "resnet"),
         (["model-info", "--config", "{tmp}/nope.yaml"], "nope.yaml"),
-        (["phantoms", "--n", "0", "--out", "{tmp}/ph"], "--n"),
+        (["phantoms", "--n", "0", "--out", "{tmp}/ph"], "UsageError: --n"),
+        (["cv", "--manifest", "{tmp}/m.csv", "--out", "{tmp}/run", "--folds", "0,x"], "UsageError: --folds"),
+        (["model-info", "--set", "train.loss=dicece"], "ConfigError: train.loss='dicece' is not allowed"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(argv, needle, tmp_path, capsys):
@@ -63,3 +67,47 @@ def test_no_traceback_from_the_console_script(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "m.csv" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _files(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def _run_argv(command: str, manifest, tmp_path) -> tuple[list[str], object]:
+    """(argv of ``command`` on the tiny dataset with the tiny config, 1 epoch; its run folder)."""
+    config = save_config(tiny_config(train__epochs=1), tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    fold = ["--fold", "0"] if command == "train" else ["--folds", "0"]
+    return [command, "--manifest", str(manifest), *fold, "--out", str(out), "--config", str(config)], out
+
+
+@pytest.mark.parametrize("command", ["train", "cv", "compare"])
+def test_a_bad_value_writes_nothing(command, tiny_dataset, tmp_path, capsys):
+    """The config is checked before the run folder is made: a typo leaves no folder to block the fix."""
+    argv, out = _run_argv(command, tiny_dataset, tmp_path)
+    assert main([*argv, "--set", "train.loss=dicece"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pancreas-seg: ConfigError: train.loss='dicece' is not allowed (allowed: dice, dice_ce)"]
+    assert not out.exists()
+
+
+def test_a_bad_value_in_the_config_file_names_the_file(tiny_dataset, tmp_path, capsys):
+    argv, out = _run_argv("train", tiny_dataset, tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(config.read_text().replace("overlap: 0.5", "overlap: 1.5"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pancreas-seg: ConfigError: {config}: infer.overlap=1.5: must be in [0, 1)"]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_corrected_command_trains_in_the_same_folder(tiny_dataset, tmp_path, capsys):
+    """Issue 14: a typo in --set used to write config.yaml first, and the fixed command was then refused
+    with 'this run folder was made with other settings'."""
+    argv, out = _run_argv("train", tiny_dataset, tmp_path)
+    assert main([*argv, "--set", "train.loss=dicece"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "train.loss" in err[0] and _files(out) == []
+    assert main([*argv, "--set", "train.loss=dice_ce"]) == 0, capsys.readouterr().err
+    assert (out / "config.yaml").is_file() and (out / "fold_0" / "checkpoints" / "best.pt").is_file()

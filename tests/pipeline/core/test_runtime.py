@@ -29,9 +29,7 @@ def _predict(model, image, perf, device=torch.device("cpu")):
 def test_select_device():
     assert runtime.select_device(PerfConfig(device="cpu")) == torch.device("cpu")
     assert runtime.select_device(PerfConfig(device="auto")).type == ("cuda" if CUDA else "cpu")
-    with pytest.raises(ConfigError, match="perf.device"):
-        runtime.select_device(PerfConfig(device="tpu-ish"))
-    if not CUDA:
+    if not CUDA:  # the name's form is checked with the config (tests/pipeline/core/test_config.py)
         with pytest.raises(ConfigError, match="CUDA is not available"):
             runtime.select_device(PerfConfig(device="cuda"))
 
@@ -108,8 +106,6 @@ def test_set_threads():
         assert torch.get_num_threads() == 1  # 0 leaves the setting alone
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(ConfigError):
-        runtime.set_threads(PerfConfig(threads=-1))
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

@@ -1,4 +1,5 @@
-"""Dataset fingerprint: statistics, the spacing and patch rules, and the chains that read it."""
+"""Dataset fingerprint: statistics, the spacing and patch rules, and the chains that use it (through
+the config, which reads the file when it is loaded)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.core.config import apply_overrides
 from pipeline.core.errors import ConfigError
 from pipeline.data.fingerprint import (
     compute_fingerprint,
@@ -16,7 +18,7 @@ from pipeline.data.fingerprint import (
     write_fingerprint,
 )
 from tests.transforms.conftest import affine_for, phantom, small_config, write_nifti
-from transforms import build_infer_transforms, resolve_target_spacing
+from transforms import build_infer_transforms
 
 
 @pytest.fixture
@@ -81,10 +83,13 @@ def test_chains_use_the_fingerprint(records, cfg, tmp_path):
     fp = compute_fingerprint(records[:3], cfg, samples_per_case=2000)
     fp["suggested_target_spacing"] = [1.5, 1.5, 3.0]
     path = str(write_fingerprint(fp, tmp_path / "fp.json"))
-    cfg.data.fingerprint = path
-    cfg.data.spacing_from_fingerprint = True
-    cfg.data.intensity = "fingerprint"
-    assert resolve_target_spacing(cfg) == [1.5, 1.5, 3.0]
+    settings = [
+        f"data.fingerprint={path}",
+        "data.spacing_from_fingerprint=true",
+        "data.intensity=fingerprint",
+    ]
+    apply_overrides(cfg, settings)
+    assert cfg.data.target_spacing == [1.5, 1.5, 3.0]
     out = build_infer_transforms(cfg, with_label=True)(records[0])
     np.testing.assert_allclose(out["image"].pixdim.numpy(), [1.5, 1.5, 3.0], atol=1e-6)
     # the same chain with a window wide enough to read HU back, to check nnU-Net's CT normalisation
@@ -106,6 +111,9 @@ def test_bad_fingerprint_files(tmp_path, cfg):
     (tmp_path / "other.json").write_text('{"a": 1}')
     with pytest.raises(ConfigError, match="not a fingerprint"):
         read_fingerprint(tmp_path / "other.json")
-    cfg.data.intensity = "fingerprint"
-    with pytest.raises(ConfigError, match="data.fingerprint"):
-        build_infer_transforms(cfg)
+    with pytest.raises(ConfigError, match=r"data\.fingerprint: required when data\.intensity"):
+        apply_overrides(cfg, ["data.intensity=fingerprint"])
+    with pytest.raises(ConfigError, match=r"data\.fingerprint: .*other\.json: not a fingerprint"):
+        apply_overrides(
+            cfg, [f"data.fingerprint={tmp_path / 'other.json'}", "data.spacing_from_fingerprint=1"]
+        )

@@ -16,7 +16,7 @@ import pytest
 from matplotlib.image import imread
 
 from pipeline.cli import main
-from pipeline.core.errors import ManifestError
+from pipeline.core.errors import ManifestError, UsageError
 from pipeline.data.manifest import case_records, read_manifest
 from pipeline.report.cases import attention_window, load_case, write_case_views
 from pipeline.report.figures import LABEL_RGB, PRED_RGB, VIEW_AXIS
@@ -232,5 +232,5 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
     (tmp_path / "fold_0").mkdir()
     with pytest.raises(ManifestError, match="no finished fold yet"):
         write_report(tmp_path)
-    with pytest.raises(ManifestError, match="max-cases"):
+    with pytest.raises(UsageError, match="max-cases"):
         write_report(tmp_path, max_cases=-1)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.core.config import load_config
 from pipeline.core.errors import ManifestError, UsageError
+from pipeline.core.layout import OutputLayout, RunLayout, manifest_in
 
 __all__ = [
     "cmd_check",
@@ -70,7 +71,7 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     log.info("wrote %d phantoms to %s in %.1f s", len(cases), args.out, time.perf_counter() - start)
     if args.manifest:
         df = pd.DataFrame([{k: c[k] for k in ("case_id", "subject_id", "image", "label")} for c in cases])
-        path = write_manifest(df, Path(args.out) / "manifest.csv", root=args.out)
+        path = write_manifest(df, manifest_in(args.out), root=args.out)
         log.info("manifest: %s", path)
     return 0
 
@@ -92,7 +93,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         )
         return 0
     default_dir = src.parent if src.is_file() else src
-    out = Path(args.out) if args.out else default_dir / "manifest.csv"
+    out = Path(args.out) if args.out else manifest_in(default_dir)
     if args.source_type == "glob":
         df = mf.import_glob(
             src,
@@ -187,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _preflight(cfg, records, args.manifest, Path(args.out), [args.fold])
     distributed.join(cfg.perf)
     run = prepare_run_dir(cfg, args.out)
-    result = train_fold(cfg, records, args.fold, run / f"fold_{args.fold}")
+    result = train_fold(cfg, records, args.fold, RunLayout(run).fold(args.fold).dir)
     log.info(
         "fold %d: %d epochs, best validation Dice %.4f; best checkpoint %s",
         args.fold,
@@ -205,8 +206,9 @@ def _preflight(cfg, records: list[dict], manifest, run: Path, folds: list[int] |
     used = [r for r in records if int(r.get("fold", -1)) >= 0]
     preflight(used, cfg.data.dicom_series, manifest)
     for k in folds or sorted({int(r["fold"]) for r in used}):
-        if not (run / f"fold_{k}" / "DONE").exists():
-            preflight_resume(run / f"fold_{k}", cfg.model)
+        fold = RunLayout(run).fold(k)
+        if not fold.is_done():
+            preflight_resume(fold.dir, cfg.model)
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
@@ -229,7 +231,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         log.info(format_summary(summary))
     else:
         run_cv(cfg, args.manifest, args.out, folds)
-    log.info("wrote %s/cv_metrics.csv and %s/cv_summary.json", args.out, args.out)
+    layout = RunLayout(args.out)
+    log.info("wrote %s and %s", layout.cv_metrics, layout.cv_summary)
     return 0
 
 
@@ -290,7 +293,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if missing:
         log.warning("warning: no prediction for %d case(s): %s", len(missing), ", ".join(missing[:10]))
     table = evaluate_cases(pairs)
-    out = Path(args.out) if args.out else Path(args.pred) / "metrics.csv"
+    out = Path(args.out) if args.out else OutputLayout(args.pred).metrics
     write_table(table, out)
     write_summary(summarize(table), out.with_suffix(".json"))
     log.info(

@@ -16,7 +16,6 @@ import dataclasses
 import io
 import logging
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 from pipeline.core.config import ModelConfig
 from pipeline.core.errors import CheckpointError, OutputError
+from pipeline.core.layout import CheckpointLayout
 
 __all__ = [
     "FORMAT",
@@ -35,7 +35,6 @@ __all__ = [
 
 FORMAT = "pancreas-seg/1"
 log = logging.getLogger("pancreas_seg")
-_EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
 
 
 class _UnreadableCheckpoint(CheckpointError):
@@ -105,7 +104,7 @@ def latest_checkpoint(
     one (or from scratch) would silently drop what the user meant to resume.
 
     Args:
-        folder: a fold's ``checkpoints`` folder.
+        folder: a fold's ``checkpoints`` folder (:attr:`pipeline.core.layout.FoldLayout.checkpoints`).
         check: if given, called as ``check(checkpoint, path)`` on the file found; it raises
             :class:`CheckpointError` when the checkpoint does not fit (e.g.
             :func:`models.restore.check_network` for another network).
@@ -114,14 +113,7 @@ def latest_checkpoint(
         CheckpointError: the newest file needs unpickling (untrusted), is not a pancreas-seg
             checkpoint, or ``check`` refuses it.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    found = sorted(
-        ((int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_RE.search(p.name))),
-        reverse=True,
-    )
-    for _, path in found:
+    for _, path in reversed(CheckpointLayout(Path(folder)).epochs()):
         try:
             ckpt = load_checkpoint(path)
         except _UnreadableCheckpoint as exc:

@@ -22,6 +22,7 @@ from pipeline.core.config_values import assign_values
 from pipeline.core.errors import ConfigError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.core.fingerprint import resolve_fingerprint
+from pipeline.core.layout import RunLayout
 
 __all__ = [
     "DataConfig",
@@ -329,4 +330,4 @@ def provenance() -> dict:
 
 def save_run_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
     """Write ``<run_dir>/config.yaml``: the resolved config plus versions and git commit."""
-    return save_config(cfg, Path(run_dir) / "config.yaml", extra={"provenance": provenance()})
+    return save_config(cfg, RunLayout(run_dir).config, extra={"provenance": provenance()})

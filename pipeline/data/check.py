@@ -29,6 +29,7 @@ from pipeline.core import errors as error_types
 from pipeline.core.checkpoint import latest_checkpoint
 from pipeline.core.errors import ImageError, PipelineError
 from pipeline.core.fileio import atomic_write_text
+from pipeline.core.layout import FoldLayout
 from pipeline.data.manifest import case_records, read_manifest
 from transforms.io import check_ct_intensities, load_volume, match_label_grid
 from transforms.labels import check_label_values
@@ -210,7 +211,7 @@ def preflight_resume(fold_dir: str | os.PathLike, expect) -> None:
     """
 
     latest_checkpoint(
-        Path(fold_dir) / "checkpoints", check=lambda ckpt, source: check_network(ckpt, expect, source)
+        FoldLayout(fold_dir).checkpoints, check=lambda ckpt, source: check_network(ckpt, expect, source)
     )
 
 

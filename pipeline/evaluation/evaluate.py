@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.core.errors import ImageError, writing
+from pipeline.core.errors import ImageError, ManifestError, writing
 from pipeline.core.fileio import atomic_write
+from pipeline.core.layout import RunLayout
 from transforms import MapLabelsd
 from transforms.io import load_volume
 
@@ -39,9 +40,13 @@ __all__ = [
     "summarize",
     "write_table",
     "write_summary",
+    "read_table",
+    "read_fold_metrics",
+    "join_fold_timings",
 ]
 
 METRICS = ("dice", "iou", "precision", "recall", "hd95_mm", "assd_mm")
+_COLUMNS = ("case_id", "fold", *METRICS, "pred_voxels", "label_voxels", "flag")  # of a metrics table
 
 
 def _onehot(mask: np.ndarray) -> torch.Tensor:
@@ -156,8 +161,7 @@ def evaluate_cases(pairs: Sequence[dict]) -> pd.DataFrame:
         row = {"case_id": item["case_id"], "fold": item.get("fold", -1)}
         row.update(case_metrics(pred, label, spacing))
         rows.append(row)
-    cols = ["case_id", "fold", *METRICS, "pred_voxels", "label_voxels", "flag"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=list(_COLUMNS))
 
 
 def _stats(df: pd.DataFrame) -> dict:
@@ -202,3 +206,61 @@ def write_summary(summary: dict, path: str | os.PathLike) -> Path:
     """
     with writing(path):
         return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a metrics CSV written by :func:`write_table`: ``case_id`` as text, an empty ``flag`` as ``""``.
+
+    Returns:
+        The per-case table (a ``flag`` column of ``""`` is added when the file has none).
+    """
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"case_id": str})
+    df["flag"] = df["flag"].fillna("") if "flag" in df else ""
+    return df
+
+
+def read_fold_metrics(
+    run: RunLayout, folds: Sequence[int] | None = None, strict: bool = False, require_done: bool = True
+) -> pd.DataFrame:
+    """The ``metrics.csv`` of each finished fold of a run, in one table (by fold number).
+
+    Args:
+        run: the run folder.
+        folds: these folds only (default: every fold folder present).
+        strict: a fold among them that is not finished raises instead of being left out.
+        require_done: a fold is finished when it has ``DONE`` and ``metrics.csv``; False: when it has
+            ``metrics.csv`` (a report of a run in progress).
+
+    Returns:
+        The folds' per-case tables concatenated; empty (no rows) when no fold is finished.
+
+    Raises:
+        ManifestError: ``strict`` and a fold is not finished (the fold folder is named).
+    """
+    chosen = run.folds() if folds is None else [run.fold(k) for k in folds]
+    tables = []
+    for fold in chosen:
+        if fold.metrics.exists() and (fold.is_done() or not require_done):
+            tables.append(read_table(fold.metrics))
+        elif strict:
+            raise ManifestError(
+                f"{fold.dir}: fold not finished (no {fold.done.name} or {fold.metrics.name}); re-run to resume it"
+            )
+    if not tables:
+        return pd.DataFrame(columns=list(_COLUMNS))
+    return pd.concat(tables, ignore_index=True)
+
+
+def join_fold_timings(table: pd.DataFrame, run: RunLayout) -> pd.DataFrame:
+    """``table`` with each case's inference seconds (``total_s`` of the folds' ``timings.csv``) as ``infer_s``.
+
+    Returns:
+        The table with an ``infer_s`` column (NaN for cases without timings); unchanged when no fold
+        of the run has timings.
+    """
+    times = [pd.read_csv(f.timings, dtype={"case_id": str}) for f in run.folds() if f.timings.exists()]
+    if not times:
+        return table
+    t = pd.concat(times, ignore_index=True).drop_duplicates("case_id", keep="last")
+    t = t[["case_id", "total_s"]].rename(columns={"total_s": "infer_s"})
+    return table.merge(t, on="case_id", how="left")

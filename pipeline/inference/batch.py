@@ -19,16 +19,16 @@ import pandas as pd
 from pipeline.core import distributed as dist
 from pipeline.core.errors import OutputError, PipelineError
 from pipeline.core.fileio import atomic_write
+from pipeline.core.layout import OutputLayout
 from pipeline.core.runtime import peak_rss_mb, reset_peak_rss
 from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.inference.dicom_seg import SEG_SUFFIX, require_highdicom, write_dicom_seg
 from pipeline.inference.predictor import Prediction, Predictor
 from pipeline.inference.writers import output_path, save_like
 
-__all__ = ["INPUTS_NAME", "TIMING_COLUMNS", "predict_cases"]
+__all__ = ["TIMING_COLUMNS", "predict_cases"]
 
 log = logging.getLogger("pancreas_seg")
-INPUTS_NAME = "inputs.csv"  # case_id, subject_id, image of every mask in the folder
 TIMING_COLUMNS = (
     "case_id",
     "load_s",
@@ -68,7 +68,6 @@ def predict_cases(
     records: Sequence[dict],
     out_dir: str | os.PathLike,
     overwrite: bool = False,
-    timings_name: str = "timings.csv",
 ) -> dict:
     """Predict every record into ``out_dir``, with a progress bar on a terminal.
 
@@ -113,8 +112,9 @@ def predict_cases(
                 all_records, out_dir, written, skipped, failed, rows
             )
         if rows and dist.is_main():
-            _merge_timings(out_dir / timings_name, rows)
-            _merge_inputs(out_dir / INPUTS_NAME, all_records)
+            layout = OutputLayout(out_dir)
+            _merge_timings(layout.timings, rows)
+            _merge_inputs(layout.inputs, all_records)
     if skipped:
         log.info("%d case(s) skipped: output exists (use --overwrite to recompute)", len(skipped))
     return {"written": written, "skipped": skipped, "failed": failed}

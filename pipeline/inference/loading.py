@@ -23,6 +23,7 @@ from pipeline.core.config import (
     update_config,
 )
 from pipeline.core.errors import CheckpointError, ConfigError
+from pipeline.core.layout import CheckpointLayout, FoldLayout, RunLayout, fold_name
 from pipeline.inference.predictor import Predictor
 
 __all__ = ["load_network", "load_predictor"]
@@ -50,30 +51,37 @@ def load_network(path: str | os.PathLike, expect: ModelConfig | None = None, map
 
 
 def _checkpoint_paths(model: Path) -> list[Path]:
+    """A file; every fold's best checkpoint of a run folder; or the best one of a fold or checkpoints folder."""
     if model.is_file():
         return [model]
     if not model.is_dir():
         raise CheckpointError(f"{model}: no such checkpoint file or run folder")
-    folds = sorted(d for d in model.glob("fold_*") if d.is_dir())
+    folds = RunLayout(model).folds()
     if folds:
-        paths = [d / "checkpoints" / "best.pt" for d in folds if (d / "checkpoints" / "best.pt").is_file()]
-        missing = [d.name for d in folds if not (d / "checkpoints" / "best.pt").is_file()]
+        paths = [f.best for f in folds if f.best.is_file()]
+        missing = [f.dir.name for f in folds if not f.best.is_file()]
         if paths and missing:
             log.warning(
-                "warning: %s: no best.pt in %s; ensembling the other folds", model, ", ".join(missing)
+                "warning: %s: no %s in %s; ensembling the other folds",
+                model,
+                folds[0].best.name,
+                ", ".join(missing),
             )
         if paths:
             return paths
-    for candidate in (model / "checkpoints" / "best.pt", model / "best.pt"):
+    fold, checkpoints = FoldLayout(model), CheckpointLayout(model)
+    for candidate in (fold.best, checkpoints.best):
         if candidate.is_file():
             return [candidate]
-    raise CheckpointError(f"{model}: no fold_*/checkpoints/best.pt (or best.pt) in this folder")
+    every_fold = FoldLayout(fold_name("*")).best  # fold_*/checkpoints/best.pt, for the message
+    raise CheckpointError(f"{model}: no {every_fold} (or {checkpoints.best.name}) in this folder")
 
 
 def _config_for(paths: list[Path], run_dir: Path | None) -> Config:
     """The training config: the run's config.yaml, else the one stored in the checkpoints."""
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
-        return load_config(run_dir / "config.yaml")
+    saved = RunLayout(run_dir).config if run_dir is not None else None
+    if saved is not None and saved.is_file():
+        return load_config(saved)
     configs = []
     for p in paths:
         ckpt = load_checkpoint(p)

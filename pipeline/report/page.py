@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from pipeline.core.layout import report_link
 from pipeline.report.figures import LABEL_RGB, PRED_RGB
 
 __all__ = [
@@ -197,9 +198,7 @@ def views_block(views: list[dict], shape: Sequence[int], title: str, anchor: str
     """
     axis = {"axial": 2, "coronal": 1, "sagittal": 0}
     figs = [
-        figure(
-            f"report_files/{v['path'].name}", f"{v['view']} slice {v['index']} of {shape[axis[v['view']]]}"
-        )
+        figure(report_link(v["path"].name), f"{v['view']} slice {v['index']} of {shape[axis[v['view']]]}")
         for v in views
     ]
     return f'<div class="case"><h3 id="{esc(anchor)}">{title}</h3>' + "".join(figs) + "</div>"
@@ -208,10 +207,10 @@ def views_block(views: list[dict], shape: Sequence[int], title: str, anchor: str
 def attention_block(result: dict, title: str, anchor: str) -> str:
     """One case's CT window and gate maps (from :func:`pipeline.report.cases.write_attention_views`)."""
     size = "×".join(str(s) for s in result["size"])
-    figs = [figure(f"report_files/{result['ct'].name}", f"CT window {size}, axial slice {result['index']}")]
+    figs = [figure(report_link(result["ct"].name), f"CT window {size}, axial slice {result['index']}")]
     for g in result["gates"]:
         ratio = ""
         if g["mean_in"] is not None and g["mean_out"] is not None:
             ratio = f" · α in {g['mean_in']:.2f} / out {g['mean_out']:.2f}"
-        figs.append(figure(f"report_files/{g['path'].name}", f"{g['name']}{ratio}"))
+        figs.append(figure(report_link(g["path"].name), f"{g['name']}{ratio}"))
     return f'<div class="case"><h3 id="{esc(anchor)}-att">{title}</h3>' + "".join(figs) + "</div>"

@@ -31,9 +31,10 @@ import yaml
 from models import build_model, count_parameters
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import CheckpointError, ConfigError, ManifestError, UsageError, writing
+from pipeline.core.layout import FoldLayout, OutputLayout, RunLayout, fold_name, report_link
 from pipeline.core.runtime import select_device
 from pipeline.data.manifest import case_records, read_manifest
-from pipeline.evaluation.evaluate import summarize
+from pipeline.evaluation.evaluate import join_fold_timings, read_fold_metrics, read_table, summarize
 from pipeline.inference.loading import load_network
 from pipeline.inference.writers import output_path
 from pipeline.report.cases import load_case, write_attention_views, write_case_views
@@ -84,23 +85,26 @@ def write_report(
         raise ManifestError(f"{run}: no such run folder")
     if max_cases < 0:
         raise UsageError(f"--max-cases must be 0 or more, got {max_cases}")
-    is_cv = (run / "cv_summary.json").exists() or any(run.glob("fold_*/metrics.csv"))
-    if not is_cv and any(run.glob("fold_*")):
+    layout, folds_metrics = RunLayout(run), FoldLayout(fold_name("*")).metrics  # fold_*/metrics.csv
+    folds = layout.folds()
+    is_cv = layout.cv_summary.exists() or any(f.metrics.exists() for f in folds)
+    if not is_cv and folds:
         raise ManifestError(
-            f"{run}: no finished fold yet (no fold_*/metrics.csv); report again when one is done"
+            f"{run}: no finished fold yet (no {folds_metrics}); report again when one is done"
         )
     masks = {} if is_cv else _masks(run)
     if not is_cv and not masks:
         raise ManifestError(
-            f"{run}: neither a CV run (no cv_summary.json or fold_*/metrics.csv) nor an inference output (no masks)"
+            f"{run}: neither a CV run (no {layout.cv_summary.name} or {folds_metrics}) nor an inference "
+            "output (no masks)"
         )
     records, source = _records(run, manifest)
-    tmp = run / ".report_files.tmp"
+    tmp = _beside(layout.report_files, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with writing(run / "report.html"):
+    with writing(layout.report):
         tmp.mkdir()
     try:
-        with writing(run / "report.html"):  # a full disk or read-only folder: one line naming it
+        with writing(layout.report):  # a full disk or read-only folder: one line naming it
             if is_cv:
                 body = _cv_body(run, records, source, max_cases, tmp)
             else:
@@ -111,23 +115,29 @@ def write_report(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _beside(path: Path, tag: str) -> Path:
+    """A hidden working name next to ``path``: ``.NAME.TAG``."""
+    return path.with_name(f".{path.name}.{tag}")
+
+
 def _publish(run: Path, tmp: Path, text: str) -> Path:
     """Swap the new figures in and write the HTML through a temporary name."""
-    final, old = run / "report_files", run / ".report_files.old"
+    layout = RunLayout(run)
+    final, old = layout.report_files, _beside(layout.report_files, "old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    html_tmp = run / ".report.html.tmp"
+    html_tmp = _beside(layout.report, "tmp")
     html_tmp.write_text(text, encoding="utf-8")
-    os.replace(html_tmp, run / "report.html")
+    os.replace(html_tmp, layout.report)
     shutil.rmtree(old, ignore_errors=True)
-    return run / "report.html"
+    return layout.report
 
 
 def _records(run: Path, manifest: str | os.PathLike | None) -> tuple[dict, str]:
 
-    candidates = [Path(manifest)] if manifest else [run / "manifest.csv", run / "inputs.csv"]
+    candidates = [Path(manifest)] if manifest else [RunLayout(run).manifest, OutputLayout(run).inputs]
     for path in candidates:
         if manifest or path.exists():
             return {r["case_id"]: r for r in case_records(read_manifest(path))}, str(path)
@@ -155,7 +165,7 @@ def _anchor(case_id: str) -> str:
 
 
 def _run_config(run: Path) -> tuple[Config, dict]:
-    path = run / "config.yaml"
+    path = RunLayout(run).config
     if not path.exists():
         log.warning("warning: %s missing; using the default config for the canonical grid", path)
         return Config(), {}
@@ -164,17 +174,15 @@ def _run_config(run: Path) -> tuple[Config, dict]:
 
 
 def _cv_metrics(run: Path) -> pd.DataFrame:
-    path = run / "cv_metrics.csv"
-    paths = [path] if path.exists() else sorted(run.glob("fold_*/metrics.csv"))
-    tables = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in paths]
-    df = pd.concat(tables, ignore_index=True)
-    df["flag"] = df["flag"].fillna("") if "flag" in df else ""
-    times = [pd.read_csv(p) for p in sorted(run.glob("fold_*/predictions/timings.csv"))]
-    if times:
-        t = pd.concat(times, ignore_index=True).drop_duplicates("case_id", keep="last")
-        df = df.merge(
-            t[["case_id", "total_s"]].rename(columns={"total_s": "infer_s"}), on="case_id", how="left"
-        )
+    """``cv_metrics.csv``, else (a run in progress) every fold's ``metrics.csv``; worst Dice first."""
+    layout = RunLayout(run)
+    if layout.cv_metrics.exists():
+        df = read_table(layout.cv_metrics)
+    else:
+        df = read_fold_metrics(layout, require_done=False)
+    if df.empty:
+        raise ManifestError(f"{run}: no per-case metrics yet; report again when a fold is done")
+    df = join_fold_timings(df, layout)
     return df.sort_values("dice", kind="stable").reset_index(drop=True)
 
 
@@ -182,7 +190,7 @@ def _cv_tables(
     run: Path, cfg: Config, prov: dict, metrics: pd.DataFrame, links: dict, has_scans: bool, tmp: Path
 ) -> list[str]:
     """Title, run line, summary table, training curves and the per-case table."""
-    summary_path = run / "cv_summary.json"
+    summary_path = RunLayout(run).cv_summary
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else summarize(metrics)
     params = count_parameters(build_model(cfg.model))
     info = (
@@ -193,14 +201,10 @@ def _cv_tables(
     )
     body = [f"<h1>Cross-validation report: {esc(run.resolve().name)}</h1>", f'<p class="meta">{info}</p>']
     body.append(section("Summary", "summary", summary_table(summary, _METRICS)))
-    logs = {
-        f"fold {d.name.split('_', 1)[1]}": pd.read_csv(d / "log.csv")
-        for d in sorted(run.glob("fold_*"))
-        if (d / "log.csv").exists()
-    }
+    logs = {f"fold {f.k}": pd.read_csv(f.log) for f in RunLayout(run).folds() if f.log.exists()}
     if logs:
         plot_curves(logs, tmp / "curves.png")
-        body.append(section("Training curves", "curves", figure("report_files/curves.png", alt="curves")))
+        body.append(section("Training curves", "curves", figure(report_link("curves.png"), alt="curves")))
     extra = ("label_voxels", "pred_voxels", "infer_s", "flag")
     cols = [c for c in ("case_id", "fold", *_METRICS, *extra) if c in metrics]
     note = (
@@ -218,7 +222,7 @@ def _fold_network(run: Path, fold: int, cfg: Config, nets: dict, notes: list[str
     """The best network of ``fold`` (cached in ``nets``), or None with a note when unreadable."""
     if fold not in nets:
         try:
-            nets[fold] = load_network(run / f"fold_{fold}" / "checkpoints" / "best.pt", expect=cfg.model)[0]
+            nets[fold] = load_network(RunLayout(run).fold(fold).best, expect=cfg.model)[0]
         except CheckpointError as exc:
             log.warning("warning: %s; no attention maps for fold %d", exc, fold)
             notes.append(f'<p class="note">{esc(exc)}</p>')
@@ -244,7 +248,7 @@ def _cv_body(run: Path, records: dict, source: str, max_cases: int, tmp: Path) -
         if rec is None:
             overlays.append(f'<p class="note">{esc(row.case_id)}: not in {esc(source or "any manifest")}</p>')
             continue
-        pred = output_path(run / f"fold_{fold}" / "predictions", row.case_id, rec["image"])
+        pred = output_path(RunLayout(run).fold(fold).predictions, row.case_id, rec["image"])
         pred = pred if pred.exists() else None
         vols = load_case(cfg, row.case_id, rec["image"], rec.get("label"), pred, rec.get("label_map", ""))
         title = (
@@ -272,7 +276,7 @@ def _cv_body(run: Path, records: dict, source: str, max_cases: int, tmp: Path) -
             "the pancreas, on the axial slice through it, with the label contour in white; best checkpoint of "
             f"the fold that held the case out. Worst {min(len(shown), ATTENTION_CASES)} cases.</p>"
         )
-        attention.insert(0, intro + figure("report_files/colorbar.png", alt="colour bar"))
+        attention.insert(0, intro + figure(report_link("colorbar.png"), alt="colour bar"))
     body.append(section("Attention maps", "attention", *attention))
     return body
 
@@ -283,7 +287,7 @@ def _infer_body(run: Path, masks: dict, records: dict, source: str, max_cases: i
     body.append(
         f'<p class="meta">{len(masks)} masks · scans from {esc(source or "nowhere: no manifest given")}</p>'
     )
-    timings_path = run / "timings.csv"
+    timings_path = OutputLayout(run).timings
     if timings_path.exists():
         t = pd.read_csv(timings_path)
         mean = t.drop(columns=["case_id"]).mean(numeric_only=True)

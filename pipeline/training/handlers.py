@@ -28,6 +28,7 @@ from ignite.engine import Engine, Events
 
 from pipeline.core.checkpoint import save_checkpoint
 from pipeline.core.distributed import mean_across_ranks
+from pipeline.core.layout import CheckpointLayout
 
 __all__ = [
     "EpochCSVLogger",
@@ -153,7 +154,7 @@ class AtomicCheckpointer:
         evaluator: Engine | None = None,
         run_config: dict | None = None,
     ):
-        self.folder = Path(folder)
+        self.files = CheckpointLayout(Path(folder))  # the names in the fold's checkpoints folder
         self.objects = objects  # name -> object with state_dict()/load_state_dict()
         self.model_config = model_config
         self.interval = max(1, int(interval))
@@ -178,21 +179,17 @@ class AtomicCheckpointer:
         return payload
 
     def _save_epoch(self, engine: Engine) -> None:
-        save_checkpoint(self._payload(engine, True), self.folder / f"epoch_{engine.state.epoch}.pt")
-        old = sorted(self.folder.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for p in old[: -self.keep]:
+        save_checkpoint(self._payload(engine, True), self.files.epoch(engine.state.epoch))
+        for _, p in self.files.epochs()[: -self.keep]:
             p.unlink(missing_ok=True)
 
     def _save_final(self, engine: Engine) -> None:
         if engine.state.epoch % self.interval:  # the last epoch must be resumable too
             self._save_epoch(engine)
-        save_checkpoint(self._payload(engine, False), self.folder / "final.pt")
+        save_checkpoint(self._payload(engine, False), self.files.final)
 
     def _save_best(self, evaluator: Engine) -> None:
-        if (
-            evaluator.state.best_metric_epoch == evaluator.state.epoch
-            or not (self.folder / "best.pt").exists()
-        ):
+        if evaluator.state.best_metric_epoch == evaluator.state.epoch or not self.files.best.exists():
             trainer_epoch = self.objects["trainer"].state.epoch if "trainer" in self.objects else 0
             payload = {
                 "model": self.model_config,
@@ -201,7 +198,7 @@ class AtomicCheckpointer:
                 "metric": float(evaluator.state.metrics.get("val_dice", math.nan)),
                 "epoch": trainer_epoch,
             }
-            save_checkpoint(payload, self.folder / "best.pt")
+            save_checkpoint(payload, self.files.best)
 
 
 class EpochReseeder:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.core.config import Config, config_to_dict
 from pipeline.core.errors import ConfigError
+from pipeline.core.layout import RunLayout, fold_name, fold_number
 
 __all__ = ["mlflow_tracking_uri", "attach_mlflow"]
 
@@ -30,7 +31,7 @@ def mlflow_tracking_uri(cfg: Config, run_dir: str | os.PathLike) -> str:
     A folder or ``file://`` URI (MLflow's removed file store) is refused when the config is loaded.
     """
     uri = cfg.train.mlflow_uri.strip()
-    return uri or "sqlite:///" + str((Path(run_dir) / "mlruns.db").resolve())
+    return uri or "sqlite:///" + str(RunLayout(run_dir).mlflow_db.resolve())
 
 
 def _params(cfg: Config, fold: Any) -> dict[str, str]:
@@ -81,7 +82,7 @@ def attach_mlflow(
     from monai.handlers import MLFlowHandler, from_engine
 
     uri = mlflow_tracking_uri(cfg, run_dir)
-    name = str(fold) if str(fold).startswith("fold_") else f"fold_{fold}"
+    name = str(fold) if fold_number(str(fold)) is not None else fold_name(fold)
     experiment = Path(run_dir).resolve().name or "pancreas-seg"
     common = {"tracking_uri": uri, "experiment_name": experiment, "run_name": name}
     train_handler = MLFlowHandler(

@@ -1,6 +1,6 @@
 """Training of one fold on MONAI's engines (``SupervisedTrainer`` + ``SupervisedEvaluator``).
 
-Layout of a fold folder::
+Layout of a fold folder (:class:`pipeline.core.layout.FoldLayout`)::
 
     fold_<k>/checkpoints/epoch_N.pt   resumable (network, optimizer, scheduler, trainer state)
     fold_<k>/checkpoints/best.pt      best validation Dice (network only)
@@ -32,6 +32,7 @@ from pipeline.core import distributed as dist
 from pipeline.core.checkpoint import latest_checkpoint
 from pipeline.core.config import Config, config_to_dict
 from pipeline.core.errors import ManifestError
+from pipeline.core.layout import FoldLayout, RunLayout
 from pipeline.core.runtime import autocast_context, configure_process, prepare_model, select_device
 from pipeline.training.handlers import (
     AtomicCheckpointer,
@@ -165,8 +166,7 @@ def build_engines(
     from monai.transforms import AsDiscreted, Compose
     from monai.utils import set_determinism
 
-    fold_dir = Path(fold_dir)
-    ckpt_dir = fold_dir / "checkpoints"
+    fold = FoldLayout(fold_dir)
     configure_process(cfg.perf)
     set_determinism(seed=cfg.train.seed)
     device = select_device(cfg.perf)
@@ -175,7 +175,7 @@ def build_engines(
     # Under torchrun each rank trains on its part of the cases and validates its share of them.
     train_recs = dist.partition_for_training(train_recs, seed=cfg.train.seed)
     val_recs = dist.shard_for_validation(val_recs)
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else fold_dir.parent / "cache"
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else RunLayout(fold.dir.parent).cache
 
     train_tf = build_train_transforms(cfg)
     train_ds = make_dataset(train_recs, train_tf, cfg, cache_dir=cache_dir / "train")
@@ -238,10 +238,10 @@ def build_engines(
     LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
     ValidationHandler(validator=evaluator, interval=cfg.train.val_interval, epoch_level=True).attach(trainer)
     # Every rank takes part in the epoch's loss average; only rank 0 writes files.
-    EpochCSVLogger(fold_dir / "log.csv", optimizer, evaluator, write=main).attach(trainer)
+    EpochCSVLogger(fold.log, optimizer, evaluator, write=main).attach(trainer)
     if main:
         AtomicCheckpointer(
-            ckpt_dir,
+            fold.checkpoints,
             objects,
             model_cfg,
             cfg.train.checkpoint_interval,
@@ -249,13 +249,13 @@ def build_engines(
             run_config=config_to_dict(cfg),
         ).attach(trainer)
         TensorBoardStatsHandler(
-            log_dir=str(fold_dir / "tensorboard"), output_transform=from_engine(["loss"], first=True)
+            log_dir=str(fold.tensorboard), output_transform=from_engine(["loss"], first=True)
         ).attach(trainer)
-        TensorBoardStatsHandler(
-            log_dir=str(fold_dir / "tensorboard"), output_transform=lambda x: None
-        ).attach(evaluator)
+        TensorBoardStatsHandler(log_dir=str(fold.tensorboard), output_transform=lambda x: None).attach(
+            evaluator
+        )
         quiet_stats_handler(name="pancreas_seg.stats", iteration_log=False, epoch_log=False).attach(trainer)
-        attach_mlflow(trainer, evaluator, cfg, fold_dir.parent, fold_dir.name)  # no-op unless train.mlflow
+        attach_mlflow(trainer, evaluator, cfg, fold.dir.parent, fold.dir.name)  # no-op unless train.mlflow
         _attach_progress(trainer, evaluator)
     if cfg.train.early_stopping_patience > 0:
         EarlyStopHandler(
@@ -265,7 +265,7 @@ def build_engines(
             epoch_level=True,
         ).attach(evaluator)
 
-    return FoldEngines(trainer, evaluator, objects, ckpt_dir)
+    return FoldEngines(trainer, evaluator, objects, fold.checkpoints)
 
 
 def train_fold(
@@ -278,10 +278,10 @@ def train_fold(
     """
     train_recs, val_recs = split_records(records, fold)
     eng = build_engines(cfg, train_recs, val_recs, fold_dir)
-    trainer, evaluator, ckpt_dir = eng.trainer, eng.evaluator, eng.checkpoint_dir
+    trainer, evaluator, layout = eng.trainer, eng.evaluator, FoldLayout(fold_dir)
     if resume and (
         found := latest_checkpoint(
-            ckpt_dir, check=lambda ckpt, source: check_network(ckpt, cfg.model, source)
+            layout.checkpoints, check=lambda ckpt, source: check_network(ckpt, cfg.model, source)
         )
     ):
         path, ckpt = found
@@ -297,17 +297,17 @@ def train_fold(
     else:  # already trained (a re-run, or killed after its last checkpoint): ignite's run() would
         # start the finished engine over from epoch 0, keeping the trained weights
         log.info("fold %d: already trained for %d epochs", fold, trainer.state.epoch)
-        if not (ckpt_dir / "final.pt").exists():
+        if not layout.final.exists():
             from ignite.engine import Events
 
             trainer.fire_event(Events.COMPLETED)  # AtomicCheckpointer writes final.pt
     dist.barrier()  # rank 0 has written its checkpoints
-    if not (ckpt_dir / "best.pt").exists():  # no validation ran (e.g. epochs < val_interval)
+    if not layout.best.exists():  # no validation ran (e.g. epochs < val_interval)
         evaluator.run()
         dist.barrier()
     return {
-        "best": ckpt_dir / "best.pt",
-        "final": ckpt_dir / "final.pt",
+        "best": layout.best,
+        "final": layout.final,
         "epochs": trainer.state.epoch,
         "best_val_dice": float(evaluator.state.best_metric),
     }

@@ -26,7 +26,9 @@ from pipeline.core import distributed as dist
 from pipeline.core.config import Config
 from pipeline.core.errors import ManifestError
 from pipeline.core.fileio import atomic_write_text
+from pipeline.core.layout import RunLayout
 from pipeline.data.manifest import read_manifest
+from pipeline.evaluation.evaluate import join_fold_timings, read_fold_metrics
 from pipeline.workflows.cv import run_cv
 
 __all__ = ["NETWORKS", "COMPARE_METRICS", "run_compare", "compare_runs", "paired_test", "format_markdown"]
@@ -70,24 +72,14 @@ def run_compare(
 
 
 def _fold_tables(run: Path, folds: Sequence[int] | None, name: str) -> pd.DataFrame:
-    dirs = sorted(run.glob("fold_*")) if folds is None else [run / f"fold_{k}" for k in folds]
-    metrics, times = [], []
-    for d in dirs:
-        if not (d / "DONE").exists() or not (d / "metrics.csv").exists():
-            raise ManifestError(
-                f"{d}: fold not finished (no DONE or metrics.csv); re-run compare to resume it"
-            )
-        metrics.append(pd.read_csv(d / "metrics.csv", keep_default_na=False, na_values=[""]))
-        if (d / "predictions" / "timings.csv").exists():
-            times.append(pd.read_csv(d / "predictions" / "timings.csv")[["case_id", "total_s"]])
-    if not metrics:
+    """The per-case metrics of ``folds`` (each must be finished) with their inference seconds."""
+    layout = RunLayout(run)
+    df = read_fold_metrics(layout, folds, strict=True)
+    if df.empty:
         raise ManifestError(f"{run}: no finished folds for {name}")
-    df = pd.concat(metrics, ignore_index=True)
-    if times:
-        t = pd.concat(times, ignore_index=True).drop_duplicates("case_id", keep="last")
-        df = df.merge(t, on="case_id", how="left")
-    else:
-        df["total_s"] = np.nan
+    df = join_fold_timings(df, layout)
+    if "infer_s" not in df:
+        df["infer_s"] = np.nan
     return df
 
 
@@ -159,7 +151,7 @@ def compare_runs(
             row[f"{m}_mean"] = float(df[m].mean())
             row[f"{m}_std"] = float(df[m].std(ddof=0))  # as cv_summary.json
         row["parameters"] = count_parameters(build_model(net_cfg.model))
-        row["infer_s_per_scan"] = float(df["total_s"].mean())
+        row["infer_s_per_scan"] = float(df["infer_s"].mean())
         rows.append(row)
     first, second = list(tables)[:2]
     a = tables[first].set_index("case_id").loc[sorted(common), "dice"]

@@ -1,6 +1,6 @@
 """k-fold cross-validation: train each fold, predict its held-out cases on their original grids, evaluate.
 
-Run folder (the contract in DESIGN.md)::
+Run folder (the contract in DESIGN.md; the names come from :mod:`pipeline.core.layout`)::
 
     <run>/config.yaml                 resolved config + versions + git commit
     <run>/manifest.csv                the cases of the run (absolute paths)
@@ -37,8 +37,15 @@ from pipeline.core import distributed as dist
 from pipeline.core.config import Config, config_to_dict, save_run_config
 from pipeline.core.errors import ConfigError, ManifestError
 from pipeline.core.fileio import atomic_write_text
+from pipeline.core.layout import FoldLayout, RunLayout
 from pipeline.data.manifest import case_records, read_manifest, write_manifest
-from pipeline.evaluation.evaluate import evaluate_cases, summarize, write_summary, write_table
+from pipeline.evaluation.evaluate import (
+    evaluate_cases,
+    read_fold_metrics,
+    summarize,
+    write_summary,
+    write_table,
+)
 from pipeline.inference.batch import predict_cases
 from pipeline.inference.loading import load_network
 from pipeline.inference.predictor import Predictor
@@ -61,7 +68,7 @@ def prepare_run_dir(cfg: Config, run_dir: str | os.PathLike) -> Path:
         ConfigError: the folder holds a run made with other data/model/train settings.
     """
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
+    saved = RunLayout(run_dir).config
     if saved.exists():
         try:
             old = yaml.safe_load(saved.read_text()) or {}
@@ -118,7 +125,7 @@ def claim_fold(fold_dir: Path) -> Iterator[None]:
         ConfigError: another process is running this fold into the same run folder.
     """
     with (
-        _file_lock(fold_dir / ".lock", blocking=False)
+        _file_lock(FoldLayout(fold_dir).lock, blocking=False)
         if dist.is_main()
         else contextlib.nullcontext(True) as got
     ):
@@ -132,11 +139,11 @@ def claim_fold(fold_dir: Path) -> Iterator[None]:
 
 def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.DataFrame:
     """Train fold ``fold``, predict its held-out cases with the best checkpoint, evaluate, mark DONE."""
-    fold_dir = run_dir / f"fold_{fold}"
+    layout = RunLayout(run_dir).fold(fold)
     _, val = split_records(records, fold)
-    result = train_fold(cfg, records, fold, fold_dir)
+    result = train_fold(cfg, records, fold, layout.dir)
     net, _, _ = load_network(result["best"], expect=cfg.model)
-    pred_dir = fold_dir / "predictions"
+    pred_dir = layout.predictions
     outcome = predict_cases(Predictor([net], cfg), val, pred_dir)  # sharded by rank under torchrun
     if outcome["failed"]:
         first = next(iter(outcome["failed"].items()))
@@ -158,9 +165,9 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
     if dist.is_main():
         order = {r["case_id"]: i for i, r in enumerate(pairs)}
         table = table.sort_values("case_id", key=lambda c: c.map(order), ignore_index=True)
-        write_table(table, fold_dir / "metrics.csv")
+        write_table(table, layout.metrics)
         done = f"best_val_dice={result['best_val_dice']:.6f} epochs={result['epochs']}\n"
-        atomic_write_text(fold_dir / "DONE", done)
+        atomic_write_text(layout.done, done)
     dist.barrier()
     log.info("fold %d done: mean Dice %.4f over %d cases", fold, table["dice"].mean(), len(table))
     return table
@@ -168,26 +175,19 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
 
 def aggregate(run_dir: str | os.PathLike) -> dict:
     """Collect every finished fold's metrics into ``cv_metrics.csv`` and ``cv_summary.json``."""
-    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     # Serialised: with several processes sharing the run folder the last one includes every fold.
-    with _file_lock(run_dir / ".aggregate.lock", blocking=True):
-        return _aggregate(run_dir)
+    with _file_lock(layout.aggregate_lock, blocking=True):
+        return _aggregate(layout)
 
 
-def _aggregate(run_dir: Path) -> dict:
-
-    tables = [
-        pd.read_csv(d / "metrics.csv", keep_default_na=False, na_values=[""])
-        for d in sorted(run_dir.glob("fold_*"))
-        if (d / "DONE").exists() and (d / "metrics.csv").exists()
-    ]
-    if not tables:
-        raise ManifestError(f"{run_dir}: no finished folds to aggregate")
-    df = pd.concat(tables, ignore_index=True)
-    df["flag"] = df["flag"].fillna("")
-    write_table(df, run_dir / "cv_metrics.csv")
+def _aggregate(layout: RunLayout) -> dict:
+    df = read_fold_metrics(layout)  # the folds with DONE
+    if df.empty:
+        raise ManifestError(f"{layout.root}: no finished folds to aggregate")
+    write_table(df, layout.cv_metrics)
     summary = summarize(df)
-    write_summary(summary, run_dir / "cv_summary.json")
+    write_summary(summary, layout.cv_summary)
     return summary
 
 
@@ -206,15 +206,16 @@ def run_cv(
         raise ManifestError(f"{manifest}: fold(s) {unknown} have no cases (folds present: {present})")
     dist.join(cfg.perf)  # under torchrun: join the process group before any rank-0-only write
     run_dir = prepare_run_dir(cfg, run_dir)
+    layout = RunLayout(run_dir)
     if dist.is_main():  # the cases this run used (absolute paths), for reports
-        write_manifest(df, run_dir / "manifest.csv")
+        write_manifest(df, layout.manifest)
     for k in todo:
-        fold_dir = run_dir / f"fold_{k}"
-        if (fold_dir / "DONE").exists():
+        fold = layout.fold(k)
+        if fold.is_done():
             log.info("fold %d: already done, skipping", k)
             continue
-        with claim_fold(fold_dir):
-            if (fold_dir / "DONE").exists():  # finished by another process while we waited
+        with claim_fold(fold.dir):
+            if fold.is_done():  # finished by another process while we waited
                 continue
             log.info("fold %d of %s: training", k, present)
             run_fold(cfg, records, k, run_dir)

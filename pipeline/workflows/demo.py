@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.core.config import Config
+from pipeline.core.layout import RunLayout, manifest_in
 from pipeline.data.manifest import assign_folds, describe_folds, write_manifest
 from pipeline.synthetic.phantom import write_phantoms
 from pipeline.workflows.cv import format_summary, run_cv
@@ -38,7 +39,7 @@ def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = N
     log.info("[demo] %d phantoms in %s (%.1f s)", len(cases), data_dir, time.perf_counter() - start)
     df = pd.DataFrame([{k: c[k] for k in ("case_id", "subject_id", "image", "label")} for c in cases])
     df = assign_folds(df, cfg.train.num_folds, seed=seed)
-    manifest = write_manifest(df, data_dir / "manifest.csv", root=data_dir)
+    manifest = write_manifest(df, manifest_in(data_dir), root=data_dir)
     log.info("[demo] manifest with %d folds: %s\n%s", cfg.train.num_folds, manifest, describe_folds(df))
     run_dir = out / "cv"
     start = time.perf_counter()
@@ -51,8 +52,8 @@ def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = N
         "data": data_dir,
         "manifest": manifest,
         "run": run_dir,
-        "metrics": run_dir / "cv_metrics.csv",
-        "summary": run_dir / "cv_summary.json",
+        "metrics": RunLayout(run_dir).cv_metrics,
+        "summary": RunLayout(run_dir).cv_summary,
         "report": report,
     }
     log.info("[demo] held-out Dice per fold and overall:\n%s", format_summary(summary))

@@ -26,6 +26,7 @@ from pathlib import Path
 from pipeline.core import distributed
 from pipeline.core.config import Config
 from pipeline.core.errors import PipelineError, UsageError
+from pipeline.core.layout import RunLayout
 from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.workflows.cv import aggregate, prepare_run_dir
 
@@ -87,8 +88,9 @@ def run_parallel_folds(
     if distributed.launched():
         raise UsageError("--parallel-folds starts its own processes; run it without torchrun")
     run_dir = prepare_run_dir(cfg, run_dir)
-    write_manifest(read_manifest(manifest, require_labels=True), run_dir / "manifest.csv")
-    todo = [k for k in folds if not (run_dir / f"fold_{k}" / "DONE").exists()]
+    layout = RunLayout(run_dir)
+    write_manifest(read_manifest(manifest, require_labels=True), layout.manifest)
+    todo = [k for k in folds if not layout.fold(k).is_done()]
     gpus = _gpu_count()
     threads = max(1, (os.cpu_count() or 1) // min(jobs, max(1, len(todo))))
     extra = list(overrides)
@@ -107,7 +109,7 @@ def run_parallel_folds(
                 env = dict(os.environ)
                 if gpus:  # process slot s uses GPU s mod #GPUs
                     env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-                logfile = run_dir / f"fold_{k}" / "cv.log"
+                logfile = layout.fold(k).cv_log
                 logfile.parent.mkdir(parents=True, exist_ok=True)
                 handle = logfile.open("w")
                 proc = subprocess.Popen(commands[k], stdout=handle, stderr=subprocess.STDOUT, env=env)

@@ -23,7 +23,7 @@ class GridAttentionGate(nn.Module):
     """Additive grid attention: ``num_gates`` independent gates on the same ``(x, g)``.
 
     ``theta`` (W_x) is a conv with kernel = stride = ``sub_sample_factor`` and no bias, as in the
-    authors' ``GridAttentionBlock3D`` (``shared/PAPER.md``); the issue's wording "1x1x1 conv with
+    authors' ``GridAttentionBlock3D`` (github.com/ozan-oktay/Attention-Gated-Networks); the issue's wording "1x1x1 conv with
     stride equal to the sub-sample factor" would see only one voxel of each 2^d block, so we follow
     the authors' code. ``phi`` (W_g) is a 1^d conv with bias whose output is resampled linearly to
     theta's grid (a no-op when the grids already match, as they do in the U-Net). ``psi`` maps to

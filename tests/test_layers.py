@@ -1,4 +1,4 @@
-"""The layer order of DESIGN.md, checked on every module's imports (read with ``ast``, nothing imported).
+"""The layer order of the packages, checked on every module's imports (read with ``ast``, nothing imported).
 
 cli -> workflows -> report -> {training, inference, evaluation} -> {data, synthetic} ->
 {transforms, models} -> pipeline.core. A module imports only from its own room or from rooms in

@@ -33,6 +33,7 @@ from monai.transforms import (
 
 from pipeline.core.config import Config
 from pipeline.core.config_checks import AXIS_LABELS
+from pipeline.core.constants import AIR_HU
 from transforms.compose import CTCompose
 from transforms.geometry import BodyCropd, CTSpacingd
 from transforms.intensity import build_intensity
@@ -40,14 +41,11 @@ from transforms.io import LoadCTd
 from transforms.labels import MapLabelsd
 
 __all__ = [
-    "AIR_HU",
     "build_train_transforms",
     "build_val_transforms",
     "build_infer_transforms",
     "invert_to_original",
 ]
-
-AIR_HU = -1024.0  # value for padding images before normalisation
 
 
 def _canonical_steps(cfg: Config, keys: list[str], label_required: bool) -> list:

@@ -16,12 +16,13 @@ from monai.data import MetaTensor
 from monai.transforms import CropForegroundd, Spacingd
 from monai.utils import TraceKeys
 
+from pipeline.core.geometry import spacing_from_affine
+
 __all__ = ["BodyMask", "BodyCropd", "CTSpacingd", "resample_axis_aligned"]
 
 
 def _spacing_of(img: torch.Tensor) -> np.ndarray:
-    aff = np.asarray(img.affine if isinstance(img, MetaTensor) else np.eye(4), dtype=np.float64)
-    return np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    return spacing_from_affine(img.affine if isinstance(img, MetaTensor) else np.eye(4))
 
 
 class BodyMask:

@@ -21,6 +21,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Orientation
 
 from pipeline.core.errors import ImageError
+from pipeline.core.geometry import spacing_from_affine
 from transforms.readers import read_header, reader_for
 from transforms.validate import (
     AIR_MAX_HU,
@@ -62,7 +63,7 @@ def _one_line(exc: BaseException) -> str:
 def describe_grid(img: MetaTensor) -> str:
     """``shape 512x512x20, spacing 0.977x0.977x2 mm, origin (x, y, z) mm RAS`` of a loaded volume."""
     aff = np.asarray(img.affine, dtype=np.float64)
-    spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    spacing = spacing_from_affine(aff)
     shape = "x".join(str(int(s)) for s in img.shape[1:])
     sp = "x".join(f"{v:.4g}" for v in spacing)
     org = ", ".join(f"{v:.2f}" for v in aff[:3, 3])
@@ -162,7 +163,7 @@ def match_label_grid(image: MetaTensor, label: MetaTensor, image_name: str, labe
             label_on_grid = orient(label)
     a_img = np.asarray(image.affine, dtype=np.float64)
     a_lbl = np.asarray(label_on_grid.affine, dtype=np.float64)
-    min_spacing = float(np.sqrt((a_img[:3, :3] ** 2).sum(axis=0)).min())
+    min_spacing = float(spacing_from_affine(a_img).min())
     same = tuple(label_on_grid.shape[1:]) == tuple(image.shape[1:]) and np.allclose(
         a_img, a_lbl, rtol=0.0, atol=_GRID_TOL * min_spacing
     )

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from monai.data import ITKReader, NibabelReader
 
+from pipeline.core.constants import NIFTI_EXTENSIONS
 from pipeline.core.errors import ImageError
 
 __all__ = [
@@ -42,8 +43,6 @@ __all__ = [
     "read_header",
     "reader_for",
 ]
-
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def c_ordered(arr: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
@@ -200,7 +199,7 @@ def reader_for(
     series' files when already chosen."""
     if path.is_dir():
         reader = DicomSeriesReader(series_uid=dicom_series, files=files)
-    elif path.name.lower().endswith(_NIFTI_SUFFIXES):
+    elif path.name.lower().endswith(NIFTI_EXTENSIONS):
         reader = NiftiReader()
     else:
         reader = _ITKReader()
@@ -312,7 +311,7 @@ def read_header(path: str | os.PathLike, dicom_series: str = "") -> VolumeHeader
     try:
         if p.is_dir():
             return _read_dicom_header(p, dicom_series)
-        if p.name.lower().endswith(_NIFTI_SUFFIXES):
+        if p.name.lower().endswith(NIFTI_EXTENSIONS):
             return _read_nifti_header(p)
         return _read_itk_header(p)
     except ImageError:

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from pipeline.core.constants import NIFTI_EXTENSIONS
 from pipeline.core.errors import ImageError
+from pipeline.core.geometry import spacing_from_affine
 from transforms.readers import VolumeHeader
 
 __all__ = [
@@ -71,7 +73,7 @@ def check_geometry(affine, name: str) -> None:
     a = np.asarray(affine, dtype=np.float64)[:3, :3]
     if not np.isfinite(np.asarray(affine, dtype=np.float64)).all():
         raise ImageError(f"{name}: the header's voxel-to-world matrix has NaN or infinite entries")
-    spacing = np.sqrt((a**2).sum(axis=0))
+    spacing = spacing_from_affine(a)
     lo, hi = SPACING_RANGE_MM
     if not ((spacing >= lo) & (spacing <= hi)).all():
         shown = "x".join(f"{v:.4g}" for v in spacing)
@@ -94,7 +96,7 @@ def _stored_size_problem(path: Path, header: VolumeHeader) -> str | None:
     disagrees (a truncated file, or a multi-member gzip) is the stream decompressed to be sure.
     """
     need, low = header.data_bytes, path.name.lower()
-    if need <= 0 or not low.endswith((".nii", ".nii.gz")):
+    if need <= 0 or not low.endswith(NIFTI_EXTENSIONS):
         return None
     size = path.stat().st_size
     if low.endswith(".nii"):

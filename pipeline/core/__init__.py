@@ -1,1 +1,1 @@
-"""The base layer: errors, config and its checks, atomic writes, the label map, the run-folder layout, checkpoints' file format, device/runtime options and torchrun helpers. Imports nothing else of the project."""
+"""The base layer: errors, config and its checks, atomic writes, the label map, the run-folder layout, checkpoints' file format, device/runtime options, torchrun helpers, shared constants (air HU, image file endings) and voxel spacing from an affine. Imports nothing else of the project."""

@@ -1,9 +1,10 @@
 """The one typed config of the pipeline: dataclasses with YAML load/save and ``key.sub=value`` overrides.
 
-The defaults in the dataclasses are the paper's settings (Oktay et al. 2018 and the authors'
-released configs, see ``shared/PAPER.md``); ``configs/default.yaml`` is a dump of them and
-``configs/demo.yaml`` a CPU-sized overlay. A run folder gets the resolved config plus the package
-versions and the git commit (:func:`save_run_config`).
+The defaults in the dataclasses are the paper's settings (Oktay et al. 2018, arXiv:1804.03999, and
+the authors' released configs, github.com/ozan-oktay/Attention-Gated-Networks);
+``configs/default.yaml`` is a dump of them and ``configs/demo.yaml`` a CPU-sized overlay. A run
+folder gets the resolved config plus the package versions and the git commit
+(:func:`save_run_config`).
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ class TrainConfig:
     early_stopping_patience: int = 0  # in validations; 0 disables
     num_folds: int = 5
     seed: int = 0
+    # true: reproducible training (monai.utils.set_determinism(seed) plus deterministic cuDNN and
+    # PyTorch algorithms); false: seeded alike, but cuDNN's autotuner picks the fastest kernels
+    # (nnU-Net's choice: faster on GPUs, and two runs may differ slightly). cuDNN is CUDA-only.
     deterministic: bool = True
     mlflow: bool = False  # also log to MLflow (optional package: pip install mlflow) besides TensorBoard
     mlflow_uri: str = ""  # MLflow tracking URI; empty: sqlite:///<run>/mlruns.db, artifacts in <run>/mlruns

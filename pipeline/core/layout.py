@@ -1,4 +1,4 @@
-"""The run folder's file names, spelled here and nowhere else (the run-folder contract of DESIGN.md).
+"""The run folder's file names, spelled here and nowhere else (the run-folder contract; README.md, "Run folder").
 
 A CV or training run folder (:class:`RunLayout`)::
 

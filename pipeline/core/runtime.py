@@ -1,6 +1,6 @@
 """Device selection and the speed options of :class:`~pipeline.core.config.PerfConfig`.
 
-Each option is correct on its own (``tests/models/test_runtime.py`` checks that masks agree with
+Each option is correct on its own (``tests/pipeline/core/test_runtime.py`` checks that masks agree with
 float32 to Dice >= 0.99): ``channels_last`` (channels_last_3d memory format), ``bf16`` (bfloat16
 autocast on CPUs with native bf16 instructions), ``amp`` (bf16, or fp16 where the GPU lacks bf16,
 autocast on CUDA), ``compile`` (``torch.compile``, falling back to eager if compilation fails) and
@@ -99,7 +99,7 @@ def autocast_dtype(device: torch.device, perf: PerfConfig) -> torch.dtype | None
         if not perf.bf16:
             return None
         if not cpu_supports_bf16():
-            log.warning("perf.bf16: this CPU has no native bf16 instructions; running in float32")
+            log.warning("warning: perf.bf16: this CPU has no native bf16 instructions; running in float32")
             return None
         return torch.bfloat16
     if device.type == "cuda" and perf.amp:
@@ -134,7 +134,7 @@ def prepare_model(model: nn.Module, device: torch.device, perf: PerfConfig) -> n
     Returns:
         The same module object. For inference, pass the copy that
         :func:`models.fusion.prepare_for_inference` returns (batch norms folded into the
-        convolutions, each conv fused with its ReLU: together about 7 % faster on a CPU).
+        convolutions, each conv fused with its ReLU; its speed-up is in README.md, "The model").
     """
     model = model.to(device)
     if perf.channels_last:
@@ -150,7 +150,7 @@ def _compile_with_fallback(model: nn.Module, **compile_kwargs) -> None:
     try:
         model.compile(**compile_kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure of the optional compiler means eager
-        log.warning("torch.compile unavailable (%s); running eagerly", exc)
+        log.warning("warning: perf.compile: torch.compile unavailable (%s); running eagerly", exc)
         return
     compiled = model._compiled_call_impl
 
@@ -160,7 +160,11 @@ def _compile_with_fallback(model: nn.Module, **compile_kwargs) -> None:
         except Exception as exc:  # noqa: BLE001
             if not _looks_like_compiler_error(exc):
                 raise
-            log.warning("torch.compile failed (%s: %s); running eagerly", type(exc).__name__, exc)
+            log.warning(
+                "warning: perf.compile: torch.compile failed (%s: %s); running eagerly",
+                type(exc).__name__,
+                exc,
+            )
             model._compiled_call_impl = None
             return model._call_impl(*args, **kwargs)
 
@@ -189,9 +193,9 @@ def configure_process(perf: PerfConfig) -> None:
     U-Net's activations are tens of MB each (a 96^3 patch with 32 channels is 57 MB in bf16
     or 113 MB in float32), and by default glibc gives every such block its own ``mmap`` and
     returns it on free, so each forward pass page-faults all of its activations in again.
-    Keeping them made CPU inference on a 96^3 patch 1.3x faster for our network and 2x faster
-    for MONAI's (``bench/model_speed.py``); the price is that the resident memory stays at the
-    process's peak instead of falling between cases.
+    Keeping them makes CPU training steps and inference faster, MONAI's network more than ours
+    (``bench/model_speed.py``; the numbers are in README.md, "Speed options"); the price is that
+    the resident memory stays at the process's peak instead of falling between cases.
 
     ``THP_MEM_ALLOC_ENABLE=1`` (``perf.huge_pages``) makes PyTorch's CPU allocator back tensors
     of 2 MB and more with transparent huge pages, another way to cut page faults. It is off by

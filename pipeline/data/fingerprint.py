@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.transforms import Orientationd
 
 from pipeline.core.config import Config
@@ -24,6 +23,7 @@ from pipeline.core.config_checks import AXIS_LABELS
 from pipeline.core.errors import ManifestError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.core.fingerprint import read_fingerprint
+from pipeline.core.geometry import spacing_from_affine
 from transforms.compose import CTCompose
 from transforms.geometry import BodyCropd
 from transforms.io import LoadCTd
@@ -108,11 +108,6 @@ def suggest_patch_size(
     return [int(v) for v in np.minimum(out, cap)]
 
 
-def _spacing(affine: torch.Tensor) -> np.ndarray:
-    a = np.asarray(affine, dtype=np.float64)
-    return np.sqrt((a[:3, :3] ** 2).sum(axis=0))
-
-
 def _stats(values: np.ndarray) -> dict:
     p005, p50, p995 = np.percentile(values, PERCENTILES)
     return {
@@ -167,7 +162,7 @@ def compute_fingerprint(records: Sequence[dict], cfg: Config, samples_per_case: 
     for i, rec in enumerate(records):
         d = load(dict(rec))
         image = d["image"]
-        spacing = _spacing(image.affine)
+        spacing = spacing_from_affine(image.affine)
         shape = [int(s) for s in image.shape[1:]]
         cropped = [int(s) for s in crop({"image": image})["image"].shape[1:]] if cfg.data.body_crop else shape
         case = {

@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.core.constants import IMAGE_EXTENSIONS
 from pipeline.core.errors import ManifestError
 from pipeline.data.manifest import (
-    IMAGE_EXTENSIONS,
     is_dicom_file,
     is_dicom_folder,
     read_manifest,
@@ -28,8 +28,11 @@ from pipeline.data.manifest import (
     strip_extension,
     write_manifest,
 )
+from pipeline.data.schema import check_case_id
 
 __all__ = ["import_glob", "import_msd", "import_nnunet", "import_nih"]
+
+_RENAME = "rename it (case ids are made from file names)"
 
 
 def _folder(path: str | os.PathLike, what: str) -> Path:
@@ -90,7 +93,8 @@ def import_glob(
         The written manifest.
 
     Raises:
-        ManifestError: no images, two images or labels for one case, a missing label folder, or a
+        ManifestError: no images, two images or labels for one case, an image whose name gives a
+            case id :func:`pipeline.data.schema.case_id_problem` refuses, a missing label folder, or a
             regex that is invalid or does not match a case.
     """
     root = _folder(folder, "data")
@@ -120,7 +124,7 @@ def import_glob(
             p.is_dir() and is_dicom_folder(p) or p.is_file() and strip_extension(p.name) != p.name
         ):
             continue
-        case = p.name if p.is_dir() else strip_extension(p.name)
+        case = check_case_id(p.name if p.is_dir() else strip_extension(p.name), p, hint=_RENAME)
         if case in images:
             raise ManifestError(f"{root}: two images for case {case}: {images[case].name} and {p.name}")
         images[case] = p
@@ -172,7 +176,8 @@ def import_msd(
         The written manifest (subject_id = case_id: the decathlon has one scan per patient).
 
     Raises:
-        ManifestError: unreadable JSON, no ``"training"`` list, or a listed file that is missing.
+        ManifestError: unreadable JSON, no ``"training"`` list, a listed file that is missing, or an
+            image whose name gives a case id :func:`pipeline.data.schema.case_id_problem` refuses.
     """
     path = Path(os.path.abspath(dataset_json))
     data = _load_json(path)
@@ -190,7 +195,8 @@ def import_msd(
     for i, entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise ManifestError(f"{path}: entry {i} has no 'image' path: {entry!r}")
-        case = strip_extension(Path(entry["image"]).name)
+        image = Path(os.path.normpath(resolve_path(entry["image"], path.parent)))
+        case = check_case_id(strip_extension(image.name), image, hint=_RENAME)
         row = {"case_id": case, "subject_id": case, "label": "", "label_map": label_map}
         for key in ("image", "label"):
             if entry.get(key):
@@ -218,7 +224,8 @@ def import_nnunet(raw_dir: str | os.PathLike, out_csv: str | os.PathLike) -> pd.
         The written manifest (subject_id = case_id; images without a label get an empty label).
 
     Raises:
-        ManifestError: no ``imagesTr`` folder or no ``*_0000<ending>`` files in it.
+        ManifestError: no ``imagesTr`` folder, no ``*_0000<ending>`` files in it, or one whose name
+            gives a case id :func:`pipeline.data.schema.case_id_problem` refuses.
     """
     root = _folder(raw_dir, "nnU-Net raw dataset")
     info = _load_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
@@ -230,7 +237,7 @@ def import_nnunet(raw_dir: str | os.PathLike, out_csv: str | os.PathLike) -> pd.
     rows = []
     for p in sorted(images.iterdir()):
         if p.is_file() and p.name.endswith(suffix):
-            case = p.name[: -len(suffix)]
+            case = check_case_id(p.name[: -len(suffix)], p, hint=_RENAME)
             label = root / "labelsTr" / f"{case}{ending}"
             row = {
                 "case_id": case,

@@ -24,12 +24,12 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.core.constants import IMAGE_EXTENSIONS
 from pipeline.core.errors import ManifestError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.core.label_map import parse_label_map
 from pipeline.data.schema import (
     COLUMNS,
-    IMAGE_EXTENSIONS,
     REQUIRED_COLUMNS,
     _fold,
     _rows,

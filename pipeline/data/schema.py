@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.core.errors import ManifestError
+from pipeline.core.constants import IMAGE_EXTENSIONS
+from pipeline.core.errors import ManifestError, PipelineError
 from pipeline.core.label_map import parse_label_map
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "IMAGE_EXTENSIONS",
     "validate_manifest",
+    "case_id_problem",
+    "check_case_id",
     "strip_extension",
     "is_dicom_file",
     "is_dicom_folder",
@@ -27,7 +30,46 @@ __all__ = [
 
 COLUMNS: tuple[str, ...] = ("case_id", "subject_id", "image", "label", "fold", "label_map")
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "subject_id", "image")
-IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+# A case's masks, figures and report anchors are files named after its id, on any OS: no path
+# separators, none of the characters Windows refuses, no control characters, not "." or "..".
+_NOT_IN_FILE_NAMES = '/\\:*?"<>|'
+_CASE_ID_RULE = 'case_id must be usable as a file name (no / \\ : * ? " < > |)'
+
+
+# --------------------------------------------------------------------------- case ids
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name a case, or None: the one rule for every step that makes ids.
+
+    The manifest's ``case_id`` column, ``infer --input FOLDER`` (ids from file names) and the
+    importers all apply it, so an id that one step accepts every later step accepts too.
+    """
+    if not case_id:
+        return "case_id is empty"
+    if case_id != case_id.strip():  # manifest cells are stripped: the id would change on the way
+        return "case_id must not start or end with a space"
+    if case_id in (".", "..") or any(ch in case_id for ch in _NOT_IN_FILE_NAMES) or not case_id.isprintable():
+        return _CASE_ID_RULE
+    return None
+
+
+def check_case_id(
+    case_id: str, source: str | os.PathLike, error: type[PipelineError] = ManifestError, hint: str = ""
+) -> str:
+    """``case_id``, derived from the name of ``source``, if it can name a case.
+
+    Args:
+        case_id: the id made from the file or folder name.
+        source: the file or folder it was made from (named in the message).
+        error: the error class to raise (``ImageError`` for scans given to ``infer``).
+        hint: what the user can do, appended to the message.
+
+    Raises:
+        PipelineError: ``error``, one line naming ``source``, the id and the rule it breaks.
+    """
+    problem = case_id_problem(case_id)
+    if problem:
+        raise error(f"{source}: its name gives case_id {case_id!r}: {problem}{'; ' + hint if hint else ''}")
+    return case_id
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -162,10 +204,9 @@ def validate_manifest(
     for i, row in enumerate(rows):
         case = cell["case_id"][i]
         where = f"{source} row {row} (case_id={case})"
-        if not case:
-            raise ManifestError(f"{source} row {row}: case_id is empty")
-        if case in (".", "..") or any(ch in case for ch in '/\\:*?"<>|') or not case.isprintable():
-            raise ManifestError(f'{where}: case_id must be usable as a file name (no / \\ : * ? " < > |)')
+        problem = case_id_problem(case)
+        if problem:
+            raise ManifestError(f"{where if case else f'{source} row {row}'}: {problem}")
         for col in ("subject_id", "image"):
             if not cell[col][i]:
                 raise ManifestError(f"{where}: {col} is empty")

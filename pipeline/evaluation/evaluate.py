@@ -28,6 +28,7 @@ import torch
 
 from pipeline.core.errors import ImageError, ManifestError, writing
 from pipeline.core.fileio import atomic_write
+from pipeline.core.geometry import spacing_from_affine
 from pipeline.core.layout import RunLayout
 from transforms import MapLabelsd
 from transforms.io import load_volume
@@ -141,7 +142,7 @@ def load_mask_pair(pred_path: str | os.PathLike, label_path: str | os.PathLike, 
 
         def grid(t) -> str:
             a = np.asarray(t.affine)
-            sp = np.linalg.norm(a[:3, :3], axis=0)
+            sp = spacing_from_affine(a)
             return f"shape {tuple(t.shape[1:])}, spacing {np.round(sp, 4).tolist()}, origin {np.round(a[:3, 3], 3).tolist()}"
 
         raise ImageError(
@@ -149,7 +150,7 @@ def load_mask_pair(pred_path: str | os.PathLike, label_path: str | os.PathLike, 
         )
 
     lab = np.asarray(MapLabelsd("label")({"label": label, "label_map": label_map})["label"][0])
-    spacing = np.linalg.norm(np.asarray(pred.affine)[:3, :3], axis=0).tolist()
+    spacing = spacing_from_affine(pred.affine).tolist()
     return np.asarray(pred[0]), lab, spacing
 
 

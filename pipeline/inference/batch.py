@@ -24,7 +24,7 @@ from pipeline.core.runtime import peak_rss_mb, reset_peak_rss
 from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.inference.dicom_seg import SEG_SUFFIX, require_highdicom, write_dicom_seg
 from pipeline.inference.predictor import Prediction, Predictor
-from pipeline.inference.writers import output_path, save_like
+from pipeline.inference.writers import PROBABILITY_TAG, output_path, save_like
 
 __all__ = ["TIMING_COLUMNS", "predict_cases"]
 
@@ -55,7 +55,7 @@ def _save_outputs(pred: Prediction, rec: dict, out_dir: Path, predictor: Predict
     """Write the extras first and the mask last (its presence marks a finished case)."""
     case, image = rec["case_id"], rec["image"]
     if pred.probability is not None:
-        save_like(pred.probability, pred.affine, output_path(out_dir, case, image, "_prob"), image)
+        save_like(pred.probability, pred.affine, output_path(out_dir, case, image, PROBABILITY_TAG), image)
     if predictor.cfg.infer.dicom_seg and Path(image).is_dir():
         write_dicom_seg(
             pred.mask, pred.affine, image, out_dir / f"{case}{SEG_SUFFIX}", predictor.cfg.data.dicom_series

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.core.errors import ConfigError, ImageError
+from pipeline.core.geometry import spacing_from_affine
 from transforms import list_dicom_series
 
 __all__ = ["require_highdicom", "write_dicom_seg", "SEG_SUFFIX"]
@@ -104,7 +105,7 @@ def _read_sources(files: list[str], folder: str) -> list:
 def _frames(mask: np.ndarray, affine: np.ndarray, datasets: list, folder: str) -> np.ndarray:
     """One (rows, columns) frame per source dataset, matched by each slice's position."""
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    spacing = spacing_from_affine(lps)
     inv = np.linalg.inv(lps)
     frames = []
     for ds in datasets:

@@ -57,10 +57,10 @@ def inference_perf(cfg: Config, device: torch.device) -> PerfConfig:
     """The speed options inference runs with: ``perf.*`` adjusted by ``infer.precision``.
 
     ``auto`` on a CPU turns on channels_last_3d, and bf16 autocast where the CPU has native bf16
-    instructions (together several times faster than float32 for the paper's network, with masks
-    that agree at Dice >= 0.99: ``bench/infer_speed.py``); on CUDA it keeps ``perf.*`` (AMP).
-    ``fp32`` turns every autocast off; ``bf16`` turns it on (``infer.precision`` is checked when the
-    config is loaded).
+    instructions (faster than float32 for the paper's network, with masks that agree at
+    Dice >= 0.99: ``bench/infer_speed.py``, numbers in README.md, "Inference on full scans"); on
+    CUDA it keeps ``perf.*`` (AMP). ``fp32`` turns every autocast off; ``bf16`` turns it on
+    (``infer.precision`` is checked when the config is loaded).
     """
     mode = cfg.infer.precision
     perf = dataclasses.replace(cfg.perf)

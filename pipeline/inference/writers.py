@@ -13,22 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.constants import IMAGE_EXTENSIONS, NIFTI_EXTENSIONS
 from pipeline.core.errors import ImageError
+from pipeline.core.geometry import spacing_from_affine
 from transforms.readers import itk_header_io
 
-__all__ = ["output_suffix", "output_path", "save_like", "itk_geometry"]
+__all__ = ["MASK_EXTENSIONS", "PROBABILITY_TAG", "output_suffix", "output_path", "save_like", "itk_geometry"]
 
-_NIFTI = (".nii.gz", ".nii")
-_ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
+_ITK_EXTENSIONS = tuple(e for e in IMAGE_EXTENSIONS if e not in NIFTI_EXTENSIONS)  # written by ITK
+# MetaImage with a detached data file (.mhd + .raw) is written as one .mha file
+_ONE_FILE = {".mhd": ".mha"}
+PROBABILITY_TAG = "_prob"  # <case>_prob<ext>: the foreground probability beside the mask (--probabilities)
+# The endings a mask can have: the input's own, or NIfTI for a DICOM series.
+MASK_EXTENSIONS: tuple[str, ...] = tuple(dict.fromkeys(_ONE_FILE.get(e, e) for e in IMAGE_EXTENSIONS))
 
 
 def output_suffix(image_path: str | os.PathLike) -> str:
     """File ending for a prediction of ``image_path``: the input's format; NIfTI for a DICOM series."""
     name = str(image_path).lower()
-    for ext in (*_NIFTI, *_ITK):
+    for ext in IMAGE_EXTENSIONS:
         if name.endswith(ext):
-            return {".nhdr": ".nrrd", ".mhd": ".mha"}.get(ext, ext)
-    return ".nii.gz"
+            return _ONE_FILE.get(ext, ext)
+    return NIFTI_EXTENSIONS[0]
 
 
 def output_path(
@@ -40,7 +46,7 @@ def output_path(
 
 def _split(path: Path) -> tuple[str, str]:
     name = path.name
-    suffix = next((s for s in (*_NIFTI, *_ITK, ".dcm") if name.lower().endswith(s)), "")
+    suffix = next((s for s in (*IMAGE_EXTENSIONS, ".dcm") if name.lower().endswith(s)), "")
     return name[: len(name) - len(suffix)], name[len(name) - len(suffix) :]
 
 
@@ -120,10 +126,10 @@ def save_like(
     array = np.asarray(array)
     ref = str(reference) if reference else ""
     try:
-        if str(out_path).lower().endswith(_NIFTI):
-            _save_nifti(array, affine, tmp, ref if ref.lower().endswith(_NIFTI) else "")
+        if str(out_path).lower().endswith(NIFTI_EXTENSIONS):
+            _save_nifti(array, affine, tmp, ref if ref.lower().endswith(NIFTI_EXTENSIONS) else "")
         else:
-            _save_itk(array, affine, tmp, ref if ref.lower().endswith(_ITK) else "")
+            _save_itk(array, affine, tmp, ref if ref.lower().endswith(_ITK_EXTENSIONS) else "")
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -166,7 +172,7 @@ def _save_itk(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> No
         spacing, origin, direction = geo["spacing"][:3], geo["origin"][:3], geo["direction"][:3, :3]
     else:
         lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
-        spacing = np.linalg.norm(lps[:3, :3], axis=0).tolist()
+        spacing = spacing_from_affine(lps).tolist()
         origin, direction = lps[:3, 3].tolist(), lps[:3, :3] / spacing
     img = itk.image_from_array(np.ascontiguousarray(array.transpose(2, 1, 0)))  # ITK arrays are (z, y, x)
     img.SetSpacing([float(s) for s in spacing])

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from pipeline.core.config import Config
+from pipeline.core.constants import AIR_HU
+from pipeline.core.geometry import spacing_from_affine
 from pipeline.report.figures import (
     VIEW_AXIS,
     VIEWS,
@@ -36,8 +38,6 @@ __all__ = [
     "attention_window",
     "write_attention_views",
 ]
-
-AIR_HU = -1024.0
 
 
 @dataclass
@@ -86,8 +86,7 @@ def load_case(
         record["label"] = str(label)
     data = chain(record, end=last)
     img = data["image"]
-    affine = np.asarray(img.affine, dtype=np.float64)
-    spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    spacing = tuple(float(v) for v in spacing_from_affine(img.affine))
     lab = np.asarray(data["label"][0] > 0, dtype=np.uint8) if "label" in data else None
     mask = None
     if pred is not None:

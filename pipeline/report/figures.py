@@ -110,7 +110,7 @@ def compose_overlay(
     prediction's (outside its edge, magenta), so a perfect prediction shows both lines.
 
     Args:
-        ct_plane: displayed HU slice (rows, cols); all -1024 for a mask-only view (black).
+        ct_plane: displayed HU slice (rows, cols); all ``AIR_HU`` for a mask-only view (black).
         label_plane: displayed label slice, or None.
         pred_plane: displayed prediction slice, or None.
         scale: (row, column) pixel repeats per voxel.

@@ -30,13 +30,14 @@ import yaml
 
 from models import build_model, count_parameters
 from pipeline.core.config import Config, load_config
-from pipeline.core.errors import CheckpointError, ConfigError, ManifestError, UsageError, writing
+from pipeline.core.errors import CheckpointError, ConfigError, ImageError, ManifestError, UsageError, writing
 from pipeline.core.layout import FoldLayout, OutputLayout, RunLayout, fold_name, report_link
 from pipeline.core.runtime import select_device
 from pipeline.data.manifest import case_records, read_manifest
-from pipeline.evaluation.evaluate import join_fold_timings, read_fold_metrics, read_table, summarize
+from pipeline.data.schema import check_case_id
+from pipeline.evaluation.evaluate import METRICS, join_fold_timings, read_fold_metrics, read_table, summarize
 from pipeline.inference.loading import load_network
-from pipeline.inference.writers import output_path
+from pipeline.inference.writers import MASK_EXTENSIONS, PROBABILITY_TAG, output_path
 from pipeline.report.cases import load_case, write_attention_views, write_case_views
 from pipeline.report.figures import colorbar_png, plot_curves
 from pipeline.report.page import (
@@ -56,8 +57,6 @@ __all__ = ["write_report", "ATTENTION_CASES"]
 
 log = logging.getLogger("pancreas_seg")
 ATTENTION_CASES = 4  # attention maps for this many of the worst cases (one network pass each)
-_METRICS = ("dice", "iou", "precision", "recall", "hd95_mm", "assd_mm")
-_SCAN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def write_report(
@@ -77,7 +76,8 @@ def write_report(
     Raises:
         ManifestError: not a run folder, no finished fold, or an unreadable manifest.
         UsageError: ``max_cases`` < 0.
-        ImageError: a scan, label or mask cannot be read.
+        ImageError: a scan, label or mask cannot be read, or a mask's name gives a case id that
+            :func:`pipeline.data.schema.case_id_problem` refuses (checked before anything is written).
         CheckpointError: a fold's best checkpoint is unreadable.
     """
     run = Path(run)
@@ -145,13 +145,15 @@ def _records(run: Path, manifest: str | os.PathLike | None) -> tuple[dict, str]:
 
 
 def _masks(run: Path) -> dict[str, Path]:
+    """``{case_id: mask}`` of an inference folder; the ids come from the file names, under the
+    manifest's rule for ids (a refused one is an error, as ``infer`` would have refused it)."""
     found = {}
     for p in sorted(run.iterdir()):
-        for end in _SCAN_ENDINGS:
+        for end in MASK_EXTENSIONS:
             if p.is_file() and p.name.endswith(end) and not p.name.startswith("."):
                 case = p.name[: -len(end)]
-                if not case.endswith("_prob"):
-                    found[case] = p
+                if not case.endswith(PROBABILITY_TAG):
+                    found[check_case_id(case, p, ImageError, "rename it or move it out of the folder")] = p
                 break
     return found
 
@@ -200,13 +202,13 @@ def _cv_tables(
         f"git {esc(str(prov.get('git_commit', 'unknown'))[:10])}"
     )
     body = [f"<h1>Cross-validation report: {esc(run.resolve().name)}</h1>", f'<p class="meta">{info}</p>']
-    body.append(section("Summary", "summary", summary_table(summary, _METRICS)))
+    body.append(section("Summary", "summary", summary_table(summary, METRICS)))
     logs = {f"fold {f.k}": pd.read_csv(f.log) for f in RunLayout(run).folds() if f.log.exists()}
     if logs:
         plot_curves(logs, tmp / "curves.png")
         body.append(section("Training curves", "curves", figure(report_link("curves.png"), alt="curves")))
     extra = ("label_voxels", "pred_voxels", "infer_s", "flag")
-    cols = [c for c in ("case_id", "fold", *_METRICS, *extra) if c in metrics]
+    cols = [c for c in ("case_id", "fold", *METRICS, *extra) if c in metrics]
     note = (
         ""
         if has_scans

@@ -23,7 +23,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from pipeline.core.constants import AIR_HU
 from pipeline.core.errors import ConfigError, ImageError
+from pipeline.core.geometry import spacing_from_affine
 from pipeline.synthetic.anatomy import Anatomy, Canvas, Tissue, rz
 
 __all__ = [
@@ -191,7 +193,7 @@ def _render_hu(tissue: np.ndarray, spacing, rng: np.random.Generator, flips: tup
     hu += noise
     del noise
     np.rint(hu, out=hu)
-    np.clip(hu, -1024, 3071, out=hu)
+    np.clip(hu, AIR_HU, 3071, out=hu)  # a scanner's range: 12 bits from air
     return hu.astype(np.int16)
 
 
@@ -227,7 +229,7 @@ def _write(array: np.ndarray, affine: np.ndarray, path: Path, fmt: str) -> None:
     import itk  # slow to import: only when NRRD/MHA is asked for
 
     lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # ITK's world is LPS
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = spacing_from_affine(affine)
     img = itk.image_from_array(np.ascontiguousarray(array.transpose(2, 1, 0)))  # ITK arrays are (k, j, i)
     img.SetSpacing([float(s) for s in spacing])
     img.SetOrigin([float(v) for v in lps[:, 3]])

@@ -6,7 +6,8 @@
   to a temporary name and renamed (MONAI's ``CheckpointSaver`` writes in place, ``atomic=False``,
   so a kill mid-write leaves a truncated file), and ``best.pt`` by validation Dice.
 * :class:`EpochReseeder` — reseeds every random source from (seed, epoch) at each epoch start, so a
-  run resumed at an epoch boundary draws the same patches as an uninterrupted one.
+  run resumed at an epoch boundary draws the same patches as an uninterrupted one; with
+  :func:`seed_everything`, which also picks deterministic or fast kernels (``train.deterministic``).
 * :class:`AutocastInferer` — runs any inferer under an autocast context (bf16 on CPU); MONAI's
   engines only autocast on CUDA.
 * :func:`quiet_stats_handler` — MONAI's ``StatsHandler`` without its traceback on errors (the CLI
@@ -34,6 +35,7 @@ __all__ = [
     "EpochCSVLogger",
     "AtomicCheckpointer",
     "EpochReseeder",
+    "seed_everything",
     "AutocastInferer",
     "quiet_stats_handler",
     "LOG_COLUMNS",
@@ -201,21 +203,47 @@ class AtomicCheckpointer:
             save_checkpoint(payload, self.files.best)
 
 
-class EpochReseeder:
-    """Reseed torch/numpy/random and the transform chain from ``seed + epoch`` at every epoch start."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed torch, numpy and ``random`` (``monai.utils.set_determinism``) and choose the kernels.
 
-    def __init__(self, seed: int, transform: Any = None):
+    ``deterministic=True`` (``train.deterministic``, the default) is what MONAI users get from
+    ``set_determinism(seed)`` plus ``torch.use_deterministic_algorithms``: cuDNN deterministic, its
+    autotuner off, and PyTorch's deterministic implementations wherever they exist; an operation
+    without one (a few CUDA backward kernels) warns instead of stopping the run
+    (``warn_only=True``), and cuBLAS gets the workspace setting its reproducibility needs. Two runs
+    with the same seed, data and machine then train the same weights (unless such a warning came
+    up; ``--debug`` shows warnings). ``deterministic=False`` is
+    nnU-Net's choice: seeded the same way, but cuDNN's autotuner picks the fastest kernels, which
+    may differ from run to run (cuDNN only matters on CUDA).
+
+    The settings are process-wide; :class:`EpochReseeder` applies them again at every epoch.
+    """
+    from monai.utils import set_determinism
+
+    if deterministic:
+        # read when CUDA creates its cuBLAS handle: the first seeding comes before any model is built
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    set_determinism(seed=seed)  # also sets cudnn.deterministic=True, cudnn.benchmark=False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+class EpochReseeder:
+    """Reseed torch/numpy/random and the transform chain from ``seed + epoch`` at every epoch start
+    (:func:`seed_everything`, keeping ``deterministic``)."""
+
+    def __init__(self, seed: int, transform: Any = None, deterministic: bool = True):
         self.seed = int(seed)
         self.transform = transform
+        self.deterministic = bool(deterministic)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from monai.utils import set_determinism
-
         s = self.seed + 1000 * engine.state.epoch
-        set_determinism(seed=s)
+        seed_everything(s, self.deterministic)
         if self.transform is not None and hasattr(self.transform, "set_random_state"):
             self.transform.set_random_state(seed=s)
 

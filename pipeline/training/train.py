@@ -40,6 +40,7 @@ from pipeline.training.handlers import (
     EpochCSVLogger,
     EpochReseeder,
     quiet_stats_handler,
+    seed_everything,
 )
 from pipeline.training.tracking import attach_mlflow
 from transforms import build_train_transforms, build_val_transforms, make_dataset
@@ -164,11 +165,10 @@ def build_engines(
     )
     from monai.inferers import SimpleInferer, SlidingWindowInferer
     from monai.transforms import AsDiscreted, Compose
-    from monai.utils import set_determinism
 
     fold = FoldLayout(fold_dir)
     configure_process(cfg.perf)
-    set_determinism(seed=cfg.train.seed)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)  # before any weight is drawn
     device = select_device(cfg.perf)
     dist.setup(device)  # no-op unless started by torchrun
     main = dist.is_main()
@@ -234,7 +234,7 @@ def build_engines(
 
     # Order matters: reseed, then the epoch's scheduler step, validation, log row, checkpoint.
     # Each rank draws its own patches and augmentation (seed offset by rank; rank 0 = one process).
-    EpochReseeder(cfg.train.seed + 7919 * dist.rank(), train_tf).attach(trainer)
+    EpochReseeder(cfg.train.seed + 7919 * dist.rank(), train_tf, cfg.train.deterministic).attach(trainer)
     LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
     ValidationHandler(validator=evaluator, interval=cfg.train.val_interval, epoch_level=True).attach(trainer)
     # Every rank takes part in the epoch's loss average; only rank 0 writes files.

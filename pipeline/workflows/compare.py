@@ -34,6 +34,7 @@ from pipeline.workflows.cv import run_cv
 __all__ = ["NETWORKS", "COMPARE_METRICS", "run_compare", "compare_runs", "paired_test", "format_markdown"]
 
 NETWORKS = ("attention_unet", "unet")
+# The paper's columns, in its order: a selection of pipeline.evaluation.evaluate.METRICS (no IoU).
 COMPARE_METRICS = ("dice", "precision", "recall", "assd_mm", "hd95_mm")
 MIN_PAIRS = 6  # below this the exact two-sided signed-rank test cannot reach p < 0.05
 

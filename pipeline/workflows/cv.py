@@ -1,6 +1,7 @@
 """k-fold cross-validation: train each fold, predict its held-out cases on their original grids, evaluate.
 
-Run folder (the contract in DESIGN.md; the names come from :mod:`pipeline.core.layout`)::
+Run folder (the contract between the stages, README.md "Run folder"; the names come from
+:mod:`pipeline.core.layout`)::
 
     <run>/config.yaml                 resolved config + versions + git commit
     <run>/manifest.csv                the cases of the run (absolute paths)

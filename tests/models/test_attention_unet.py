@@ -99,7 +99,7 @@ def test_gradients_reach_every_parameter(attention):
 
 
 def test_parameter_counts_match_the_authors_models():
-    # shared/PAPER.md's counts were made with the authors' 4-class CT-150 heads
+    # the authors' released models (the counts in README "The model") have 4-class CT-150 heads
     # (background, pancreas, spleen, kidney): out_channels=4
     assert count_parameters(AttentionUNet(out_channels=4, attention=False)) == 5_888_004
     assert count_parameters(AttentionUNet(out_channels=4, gates_per_level=2)) == 6_473_322

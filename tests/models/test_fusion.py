@@ -31,8 +31,10 @@ def test_inference_copy_fuses_every_conv_relu_pair_and_keeps_the_state_dict():
     fused = [m for m in fast.modules() if isinstance(m, fusion.ConvReLU3d)]
     # 2 per conv block (5 encoders, 4 decoders), the gating signal, 3 gate-combining convs
     assert len(fused) == 2 * 9 + 1 + 3
-    assert not any(isinstance(m, nn.ReLU) for m in fast.modules())
+    assert not any(isinstance(m, (nn.ReLU, nn.BatchNorm3d)) for m in fast.modules())  # folded, fused
+    assert not fast.training
     assert any(isinstance(m, nn.ReLU) for m in model.modules())  # the original is untouched
+    assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
     keys = {k for k in model.state_dict() if "running" not in k and "num_batches" not in k}
     assert keys >= {k for k in fast.state_dict()}  # the same names for what is left
     assert {k for k in fast.state_dict() if k.startswith("encoders.0.0.")} == {

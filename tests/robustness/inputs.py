@@ -18,6 +18,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from pipeline.core.constants import AIR_HU
+from pipeline.core.geometry import spacing_from_affine
+
 __all__ = ["BAD_CASE", "CHECKPOINT_KINDS", "MARKER_NAME", "World", "build_world", "write_dicom_series"]
 
 SHAPE = (32, 32, 16)
@@ -63,7 +66,7 @@ def _nifti_sform_only(path: Path, array: np.ndarray, affine: np.ndarray) -> Path
     hdr.set_data_dtype(array.dtype)
     hdr.set_sform(affine, code=1)
     hdr["qform_code"] = 0
-    hdr["pixdim"][1:4] = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    hdr["pixdim"][1:4] = spacing_from_affine(affine)
     nib.save(nib.Nifti1Image(array, None, header=hdr), str(path))
     return path
 
@@ -141,7 +144,7 @@ def _bad_files(
     nan = img.astype(np.float32)
     nan[3, 4, 5], nan[6, 7, 8] = np.nan, np.inf
     out["nan_inf"] = _nifti(bad / "nan.nii.gz", nan, aff)
-    out["all_air"] = _nifti(bad / "air.nii.gz", np.full(img.shape, -1024, np.int16), aff)
+    out["all_air"] = _nifti(bad / "air.nii.gz", np.full(img.shape, AIR_HU, np.int16), aff)
     zero = aff.copy()
     zero[:3, 1] = 0.0  # voxel size 0 along the second axis
     out["spacing_zero"] = _nifti_sform_only(bad / "spacing0.nii.gz", img, zero)

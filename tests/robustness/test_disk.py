@@ -105,8 +105,8 @@ def test_disk_full_while_training_stops_at_the_checkpoint_and_leaves_none_partia
 
 
 def test_disk_full_before_training_names_the_run_config(world, tmp_path, capsys, monkeypatch):
-    """Needs pipeline/fileio.py to raise OutputError (see the robustness notes): config.yaml is the
-    first file ``train`` writes, through the shared atomic writer."""
+    """config.yaml is the first file ``train`` writes, through the shared atomic writer
+    (:mod:`pipeline.core.fileio`), which turns the failed write into an OutputError naming it."""
     argv = ["train", "--manifest", world.manifest, "--fold", "0", "--out", tmp_path / "run"]
     with file_size_limit(LIMIT):
         run = run_cli([*argv, "--config", world.config], capsys, monkeypatch)

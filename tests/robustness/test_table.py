@@ -3,11 +3,13 @@
 Each cell runs ``pancreas-seg`` in-process (see :mod:`tests.robustness.harness`) and checks, for
 every outcome, that there is no traceback, that no input changed and that an untrusted
 checkpoint's payload never ran; then what the outcome promises (exit code, the one error line
-naming the file and the problem, an unchanged output folder).
+naming the file and the problem, an unchanged output folder). Whatever the outcome, every warning
+line says "warning:" and a command that exits 0 prints no error line.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -91,6 +93,8 @@ def test_bad_input(kind, command, world, tmp_path, capsys, monkeypatch):
 
     assert "Traceback" not in run.err + run.out, context
     assert not world.marker.exists(), "an untrusted checkpoint's payload ran"
+    logged = [r.getMessage() for r in run.records if r.levelno == logging.WARNING]
+    assert all(w.startswith("warning:") for w in logged), context  # a warning says it is one
     assert new_files(inputs_before, snapshot(world.root)) == [], context
     if outcome == "error":
         assert run.code == 2, context
@@ -111,3 +115,5 @@ def test_bad_input(kind, command, world, tmp_path, capsys, monkeypatch):
         assert hits and (not needle or any(re.search(needle, w, re.I) for w in hits)), context
     else:
         assert run.code == 0, context
+    if run.code == 0:
+        assert run.error_lines == [], context  # an error line always comes with a non-zero exit

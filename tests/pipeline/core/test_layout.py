@@ -1,4 +1,4 @@
-"""The run folder's names (the contract of DESIGN.md), and that no module but the layout spells them."""
+"""The run folder's names (the contract in README.md, "Run folder"), and that no module but the layout spells them."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pipeline.core.layout import (
 )
 from tests.conftest import REPO
 
-# The names users and scripts rely on (DESIGN.md's run folder, inference output folders).
+# The names users and scripts rely on (README.md's "Run folder", inference output folders).
 NAMES = {
     "DONE",
     "best.pt",

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from models import AttentionUNet
-from models.fusion import prepare_for_inference
 from pipeline.core import runtime
 from pipeline.core.config import PerfConfig
 from pipeline.core.errors import ConfigError
@@ -121,22 +120,6 @@ def test_cuda_amp_agrees_and_trains(overfit, phantom):
         out = model(runtime.prepare_input(torch.randn(2, 1, 32, 32, 32, device=device), perf))
     sum(o.float().mean() for o in out).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_inference_copy_folds_batch_norm(overfit, phantom):
-    image, _ = phantom
-    model = overfit["model"]
-    folded = runtime.prepare_model(
-        prepare_for_inference(model), torch.device("cpu"), PerfConfig(device="cpu")
-    )
-    assert folded is not model and not folded.training
-    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())  # original untouched
-    with torch.no_grad():
-        torch.testing.assert_close(folded(image), model(image), atol=1e-4, rtol=1e-4)
-        maps, ref = folded.attention_maps(image), model.attention_maps(image)
-    for name in ref:
-        torch.testing.assert_close(maps[name], ref[name], atol=1e-5, rtol=1e-5)
 
 
 def test_configure_process_enables_huge_pages(monkeypatch):

@@ -174,6 +174,22 @@ def test_import_nnunet_file_ending_binary_labels_and_errors(tmp_path: Path) -> N
         import_nnunet(tmp_path / "nope", tmp_path / "m.csv")
 
 
+@pytest.mark.parametrize("name", ["<img src=x onerror=alert(1)>", "c:d", " lead"])
+def test_importers_refuse_a_file_name_that_is_no_case_id(tmp_path: Path, name: str) -> None:
+    """The id is checked where it is made, so the message names the file, not the manifest's row."""
+    bad = nifti(tmp_path / "glob" / "images" / f"{name}.nii.gz")
+    nifti(tmp_path / "glob" / "images" / "ok.nii.gz")
+    with pytest.raises(ManifestError, match="case_id must") as err:
+        import_glob(tmp_path / "glob", tmp_path / "m.csv", label_dir=None)
+    assert str(bad) in str(err.value) and repr(name) in str(err.value) and "rename it" in str(err.value)
+    raw = tmp_path / "Dataset001_X"
+    bad = nifti(raw / "imagesTr" / f"{name}_0000.nii.gz")
+    with pytest.raises(ManifestError, match="case_id must") as err:
+        import_nnunet(raw, tmp_path / "m.csv")
+    assert str(bad) in str(err.value)
+    assert not (tmp_path / "m.csv").exists()
+
+
 # --------------------------------------------------------------------------- NIH Pancreas-CT
 @needs_dicom
 def test_import_nih_finds_series_by_dicom_signature_and_pairs_labels(tmp_path: Path) -> None:

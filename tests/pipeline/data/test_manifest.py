@@ -20,6 +20,7 @@ from pipeline.data.manifest import (
     validate_manifest,
     write_manifest,
 )
+from pipeline.data.schema import case_id_problem
 from tests.conftest import REPO
 from tests.pipeline.data.conftest import DICOM_DIR, needs_dicom, nifti
 
@@ -140,6 +141,28 @@ ERRORS = {
     "unnamed column": ("case_id,subject_id,image,\np01,s1,images/p01.nii.gz,x\n", "m.csv: column 4 has values but no name"),
     "ragged row": (H + "p01,s1,images/p01.nii.gz,,0,extra,more\n", "m.csv row 2: 7 values but the header has 5 columns"),
 }  # fmt: skip
+
+
+GOOD_IDS = ("p01", "PANCREAS_0001", "scan 2 (arterial)", "x=1", "tête", "a.b")
+BAD_IDS = ("<img src=x onerror=alert(1)>", "a/b", "a\\b", "c:d", "why?", "..", ".", "tab\there")
+
+
+def test_one_rule_for_case_ids_is_the_manifests_rule(tmp_path: Path) -> None:
+    """The rule importers and ``infer`` apply to ids made from file names refuses what the manifest
+    refuses, and accepts what it accepts."""
+    assert [case_id_problem(c) for c in GOOD_IDS] == [None] * len(GOOD_IDS)
+    for case in BAD_IDS:
+        problem = case_id_problem(case)
+        assert problem, case
+        table = pd.DataFrame([{"case_id": case, "subject_id": "s", "image": "x.nii.gz"}])
+        with pytest.raises(ManifestError, match="row 2") as err:
+            validate_manifest(table, tmp_path, source="m.csv", check_files=False)
+        assert problem in str(err.value), case
+    for case in GOOD_IDS:
+        table = pd.DataFrame([{"case_id": case, "subject_id": "s", "image": "x.nii.gz"}])
+        validate_manifest(table, tmp_path, source="m.csv", check_files=False)
+    # manifest cells are stripped ("p01 " is p01); a file name " p01.nii.gz" is not, so it is refused
+    assert case_id_problem(" p01") and case_id_problem("p01 ")
 
 
 @pytest.mark.parametrize("name", list(ERRORS))

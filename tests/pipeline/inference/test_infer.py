@@ -19,6 +19,7 @@ from pipeline.cli import main
 from pipeline.core.checkpoint import save_checkpoint
 from pipeline.core.config import apply_overrides, config_to_dict, save_config
 from pipeline.core.errors import CheckpointError, ConfigError, ImageError
+from pipeline.core.geometry import spacing_from_affine
 from pipeline.data.manifest import case_records, read_manifest
 from pipeline.inference.batch import TIMING_COLUMNS, predict_cases
 from pipeline.inference.inputs import discover_inputs
@@ -132,7 +133,7 @@ def test_real_scans_get_masks_with_the_input_header(tmp_path, ckpts):
         geo, mask = _series_geometry(series), nib.load(out / f"{name}.nii.gz")
         assert list(mask.shape) == geo["size"]
         lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ mask.affine
-        np.testing.assert_allclose(np.linalg.norm(lps[:3, :3], axis=0), geo["spacing"], atol=1e-4)
+        np.testing.assert_allclose(spacing_from_affine(lps), geo["spacing"], atol=1e-4)
         np.testing.assert_allclose(lps[:3, 3], geo["origin"], atol=1e-3)
         np.testing.assert_allclose(lps[:3, :3] / geo["spacing"], geo["direction"], atol=1e-5)
     for name, ext in (("obl", "nrrd"), ("lps", "mha")):
@@ -388,3 +389,10 @@ def test_discover_inputs(tmp_path):
         discover_inputs(tmp_path / "notes.txt")
     with pytest.raises(ImageError, match="no such"):
         discover_inputs(tmp_path / "missing")
+    # a name the manifest would refuse as a case id stops the whole folder, naming the file
+    bad = tmp_path / "<img src=x onerror=alert(1)>.nii.gz"
+    bad.write_bytes(b"")
+    for target in (tmp_path, bad):
+        with pytest.raises(ImageError, match="case_id must be usable as a file name") as err:
+            discover_inputs(target)
+        assert str(bad) in str(err.value) and "manifest" in str(err.value)

@@ -1,4 +1,4 @@
-"""Training on MONAI engines and the CV runner, on tiny phantoms (a few seconds per fold)."""
+"""The CV runner on tiny phantoms (a few seconds per fold): the run folder's contract and its errors."""
 
 from __future__ import annotations
 
@@ -6,14 +6,10 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from pipeline.cli import main
-from pipeline.core.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.core.errors import CheckpointError, ManifestError
-from pipeline.data.manifest import case_records, read_manifest
-from pipeline.training.handlers import AtomicCheckpointer
-from pipeline.training.train import train_fold
+from pipeline.core.errors import ManifestError
+from pipeline.data.manifest import read_manifest
 from pipeline.workflows.cv import run_cv
 from tests.conftest import tiny_config
 
@@ -74,44 +70,6 @@ def test_cv_end_to_end_run_folder_contract(tiny_dataset, tmp_path):
     pd.testing.assert_series_equal(again.loc[fold0.index], fold0, check_exact=False, rtol=1e-6)
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_killed_training_resumes_epoch_and_optimizer(tiny_dataset, tmp_path, monkeypatch):
-    cfg = tiny_config(train__epochs=3)
-    records = case_records(read_manifest(tiny_dataset))
-    fold_dir = tmp_path / "fold_0"
-    real_save = AtomicCheckpointer._save_epoch
-
-    def save_then_die(self, engine):
-        real_save(self, engine)
-        if engine.state.epoch == 2:
-            raise _Killed()
-
-    monkeypatch.setattr(AtomicCheckpointer, "_save_epoch", save_then_die)
-    with pytest.raises(_Killed):
-        train_fold(cfg, records, 0, fold_dir)
-    monkeypatch.setattr(AtomicCheckpointer, "_save_epoch", real_save)
-    at2 = load_checkpoint(fold_dir / "checkpoints" / "epoch_2.pt")
-    steps2 = int(at2["optimizer"]["state"][0]["step"])
-    assert at2["epoch"] == 2 and at2["trainer"]["iteration"] == steps2
-
-    result = train_fold(cfg, records, 0, fold_dir)
-    assert result["epochs"] == 3
-    at3 = load_checkpoint(fold_dir / "checkpoints" / "epoch_3.pt")
-    per_epoch = steps2 // 2
-    assert int(at3["optimizer"]["state"][0]["step"]) == steps2 + per_epoch  # Adam state carried over
-    assert list(pd.read_csv(fold_dir / "log.csv")["epoch"]) == [1, 2, 3]
-
-    # A truncated newest checkpoint: resume falls back to the previous one with a warning.
-    newest = fold_dir / "checkpoints" / "epoch_3.pt"
-    newest.write_bytes(newest.read_bytes()[:100])
-    cfg4 = tiny_config(train__epochs=4)
-    assert train_fold(cfg4, records, 0, fold_dir)["epochs"] == 4
-    assert list(pd.read_csv(fold_dir / "log.csv")["epoch"]) == [1, 2, 3, 4]
-
-
 def test_cv_errors(tiny_dataset, tmp_path):
     df = read_manifest(tiny_dataset)
     unlabelled = df.copy()
@@ -127,26 +85,3 @@ def test_cv_errors(tiny_dataset, tmp_path):
         run_cv(tiny_config(), path, tmp_path / "run1")
     with pytest.raises(ManifestError, match=r"fold\(s\) \[5\] have no cases"):
         run_cv(tiny_config(), tiny_dataset, tmp_path / "run2", folds=[5])
-
-
-def test_checkpoint_of_another_network_is_refused(tmp_path):
-    from models import build_model
-    from pipeline.inference.loading import load_network
-
-    cfg = tiny_config()
-    net = build_model(cfg.model)
-    path = save_checkpoint(
-        {"model": {"name": "unet", "channels": [4, 8, 16, 32, 64]}, "network": net.state_dict()},
-        tmp_path / "x.pt",
-    )
-    with pytest.raises(CheckpointError, match="another network"):
-        load_network(path, expect=cfg.model)
-    path = save_checkpoint(
-        {
-            "model": {"name": "attention_unet", "channels": [4, 8, 16, 32, 64]},
-            "network": {"w": torch.ones(2)},
-        },
-        tmp_path / "y.pt",
-    )
-    with pytest.raises(CheckpointError, match="do not fit"):
-        load_network(path)

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +30,7 @@ import yaml
 from models import build_model, count_parameters
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import CheckpointError, ConfigError, ManifestError, writing
+from pipeline.core.fileio import atomic_outputs
 from pipeline.core.runtime import select_device
 from pipeline.data.manifest import case_records, read_manifest
 from pipeline.evaluation.evaluate import summarize
@@ -77,6 +77,7 @@ def write_report(
         ManifestError: not a run folder, no finished fold, or an unreadable manifest.
         ImageError: a scan, label or mask cannot be read.
         CheckpointError: a fold's best checkpoint is unreadable.
+        OutputError: the report cannot be written (names the file); the previous report is kept.
     """
     run = Path(run)
     if not run.is_dir():
@@ -94,34 +95,17 @@ def write_report(
             f"{run}: neither a CV run (no cv_summary.json or fold_*/metrics.csv) nor an inference output (no masks)"
         )
     records, source = _records(run, manifest)
-    tmp = run / ".report_files.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with writing(run / "report.html"):
-        tmp.mkdir()
-    try:
-        with writing(run / "report.html"):  # a full disk or read-only folder: one line naming it
+    html = run / "report.html"
+    with atomic_outputs() as out:  # the figures' folder, then the page, renamed into place together
+        files = out.folder(run / "report_files")
+        with writing(html):  # a failure other than a figure's write: one line naming the report
             if is_cv:
-                body = _cv_body(run, records, source, max_cases, tmp)
+                body = _cv_body(run, records, source, max_cases, files)
             else:
-                body = _infer_body(run, masks, records, source, max_cases, tmp)
-            text = page(f"pancreas-seg report: {run.resolve().name}", body)
-            return _publish(run, tmp, text)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _publish(run: Path, tmp: Path, text: str) -> Path:
-    """Swap the new figures in and write the HTML through a temporary name."""
-    final, old = run / "report_files", run / ".report_files.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    html_tmp = run / ".report.html.tmp"
-    html_tmp.write_text(text, encoding="utf-8")
-    os.replace(html_tmp, run / "report.html")
-    shutil.rmtree(old, ignore_errors=True)
-    return run / "report.html"
+                body = _infer_body(run, masks, records, source, max_cases, files)
+        text = page(f"pancreas-seg report: {run.resolve().name}", body)
+        out.write(html, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return html
 
 
 def _records(run: Path, manifest: str | os.PathLike | None) -> tuple[dict, str]:

@@ -1,5 +1,5 @@
-"""Checkpoint files: written atomically, read without pickling (which network a checkpoint holds is
-checked by :mod:`models.restore`).
+"""Checkpoint files: written atomically (:mod:`pipeline.core.fileio`), read without pickling (which
+network a checkpoint holds is checked by :mod:`models.restore`).
 
 A checkpoint is a ``torch.save`` of a dict of tensors and plain values only::
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from pipeline.core.config import ModelConfig
-from pipeline.core.errors import CheckpointError, OutputError
+from pipeline.core.errors import CheckpointError
+from pipeline.core.fileio import atomic_write_bytes
 from pipeline.core.layout import CheckpointLayout
 
 __all__ = [
@@ -42,29 +43,15 @@ class _UnreadableCheckpoint(CheckpointError):
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
-    """Save ``payload`` (plus the format tag) to ``path`` via a temporary file and a rename.
+    """Save ``payload`` (plus the format tag) to ``path`` atomically (:mod:`pipeline.core.fileio`).
 
     Raises:
         OutputError: it cannot be written (disk full, read-only folder); the temporary file is
             removed and an existing ``path`` keeps its old content.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()  # torch's writer hides a failed write's errno; Python's file keeps it
-        torch.save({"format": FORMAT, **payload}, buffer)
-        with open(tmp, "wb") as fh:
-            fh.write(buffer.getbuffer())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
-        raise OutputError(f"{path}: cannot write the checkpoint ({reason})") from None
-    except BaseException:  # SIGTERM from torchrun, Ctrl-C: leave no partial file
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()  # torch's writer hides a failed write's errno; Python's file keeps it
+    torch.save({"format": FORMAT, **payload}, buffer)
+    return atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -12,8 +12,9 @@ What each command does with the ranks:
   trains on its own part of the fold's training cases (``monai.data.partition_dataset``, padded so
   every rank takes the same number of steps); validation cases are split by rank and the Dice is
   gathered across ranks; only rank 0 writes checkpoints, logs, predictions' bookkeeping and reports.
-* **infer**: the cases are dealt out by rank (case ``i`` to rank ``i % N``); each case is written
-  by exactly one rank; rank 0 merges the per-rank timings into ``timings.csv``.
+* **infer**: the cases are dealt out by rank (case ``i`` to rank ``i % N``); each case (its mask
+  and its record) is written by exactly one rank; rank 0 merges the records into ``timings.csv``
+  and ``inputs.csv``.
 """
 
 from __future__ import annotations

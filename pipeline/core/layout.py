@@ -108,7 +108,7 @@ class CheckpointLayout(_Folder):
 
 @dataclasses.dataclass(frozen=True)
 class OutputLayout(_Folder):
-    """An inference output folder: the masks, ``timings.csv``, ``inputs.csv``, ``metrics.csv``."""
+    """An inference output folder: the masks, ``timings.csv``, ``inputs.csv``, ``metrics.csv``, ``.records/``."""
 
     @property
     def timings(self) -> Path:
@@ -124,6 +124,15 @@ class OutputLayout(_Folder):
     def metrics(self) -> Path:
         """Where ``pancreas-seg evaluate`` writes its table unless told otherwise."""
         return self.dir / _METRICS
+
+    @property
+    def records(self) -> Path:
+        """Hidden: one JSON record per finished case, until merged into the two tables."""
+        return self.dir / ".records"
+
+    def record(self, case_id: str) -> Path:
+        """The record of one case (its timings row, its scan, its mask's name)."""
+        return self.records / f"{case_id}.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Batches of scans: :func:`predict_cases` predicts every record into a folder, skips finished
-cases, isolates failures, and writes ``timings.csv`` and ``inputs.csv``; under ``torchrun`` the
-cases are dealt out by rank. Used by ``pancreas-seg infer`` and cross-validation's held-out
-predictions.
+cases, isolates failures, and writes ``timings.csv`` and ``inputs.csv`` (from per-case records,
+:mod:`pipeline.inference.records`, so a killed run loses no finished case's rows); under
+``torchrun`` the cases are dealt out by rank. Used by ``pancreas-seg infer`` and cross-validation's
+held-out predictions.
 """
 
 from __future__ import annotations
@@ -11,35 +12,20 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import pandas as pd
 
 from pipeline.core import distributed as dist
 from pipeline.core.errors import OutputError, PipelineError
-from pipeline.core.fileio import atomic_write
-from pipeline.core.layout import OutputLayout
 from pipeline.core.runtime import peak_rss_mb, reset_peak_rss
-from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.inference.dicom_seg import SEG_SUFFIX, require_highdicom, write_dicom_seg
 from pipeline.inference.predictor import Prediction, Predictor
+from pipeline.inference.records import TIMING_COLUMNS, case_record, merge_records, write_record
 from pipeline.inference.writers import PROBABILITY_TAG, output_path, save_like
 
 __all__ = ["TIMING_COLUMNS", "predict_cases"]
 
 log = logging.getLogger("pancreas_seg")
-TIMING_COLUMNS = (
-    "case_id",
-    "load_s",
-    "preprocess_s",
-    "network_s",
-    "stitch_s",
-    "invert_s",
-    "save_s",
-    "total_s",
-    "peak_rss_mb",
-)
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -51,8 +37,11 @@ def _check_writable(out_dir: Path) -> None:
         raise OutputError(f"{out_dir}: output folder cannot be written ({exc.strerror or exc})") from None
 
 
-def _save_outputs(pred: Prediction, rec: dict, out_dir: Path, predictor: Predictor) -> Path:
-    """Write the extras first and the mask last (its presence marks a finished case)."""
+def _save_outputs(
+    pred: Prediction, rec: dict, out_dir: Path, predictor: Predictor, before_mask: Callable[[], object]
+) -> Path:
+    """Write the extras first and the mask last (its presence marks a finished case); ``before_mask``
+    runs when the mask is complete under its temporary name, just before it is renamed into place."""
     case, image = rec["case_id"], rec["image"]
     if pred.probability is not None:
         save_like(pred.probability, pred.affine, output_path(out_dir, case, image, PROBABILITY_TAG), image)
@@ -60,7 +49,8 @@ def _save_outputs(pred: Prediction, rec: dict, out_dir: Path, predictor: Predict
         write_dicom_seg(
             pred.mask, pred.affine, image, out_dir / f"{case}{SEG_SUFFIX}", predictor.cfg.data.dicom_series
         )
-    return save_like(pred.mask, pred.affine, output_path(out_dir, case, image), reference=image)
+    target = output_path(out_dir, case, image)
+    return save_like(pred.mask, pred.affine, target, reference=image, before_rename=before_mask)
 
 
 def predict_cases(
@@ -73,9 +63,10 @@ def predict_cases(
 
     A case whose mask exists is skipped unless ``overwrite``; a case that fails is logged and the
     others still run. Per-case timings (:data:`TIMING_COLUMNS`) are merged into ``out_dir/timings.csv``
-    and the scans behind the masks into ``out_dir/inputs.csv`` (for ``pancreas-seg report``).
-    Under ``torchrun`` each rank predicts every N-th case, rank 0 merges all ranks' timings, and
-    every rank returns the whole job's outcome.
+    and the scans behind the masks into ``out_dir/inputs.csv`` (for ``pancreas-seg report``); each
+    case's rows are on disk (its record) before its mask is, and records a killed run left are
+    merged by the next. Under ``torchrun`` each rank predicts every N-th case and writes its records,
+    rank 0 merges them, and every rank returns the whole job's outcome.
 
     Returns:
         ``{"written": [mask paths], "skipped": [mask paths], "failed": {case_id: message}}``.
@@ -111,10 +102,8 @@ def predict_cases(
             written, skipped, failed, rows = _gather_ranks(
                 all_records, out_dir, written, skipped, failed, rows
             )
-        if rows and dist.is_main():
-            layout = OutputLayout(out_dir)
-            _merge_timings(layout.timings, rows)
-            _merge_inputs(layout.inputs, all_records)
+        if dist.is_main():  # this run's records and any a killed run left
+            merge_records(out_dir, rows, [str(r["case_id"]) for r in all_records])
     if skipped:
         log.info("%d case(s) skipped: output exists (use --overwrite to recompute)", len(skipped))
     return {"written": written, "skipped": skipped, "failed": failed}
@@ -136,7 +125,12 @@ def _gather_ranks(
 
 
 def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -> dict | None:
-    """Predict and save one case; a failure goes into ``failed`` and returns None."""
+    """Predict and save one case; returns its record (:func:`~pipeline.inference.records.case_record`).
+    A failure goes into ``failed`` and returns None.
+
+    Raises:
+        OutputError: an output cannot be written (full disk): the batch stops.
+    """
     case = str(rec["case_id"])
     reset_peak_rss()
     start = time.perf_counter()
@@ -151,52 +145,28 @@ def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -
         log.error("%s: failed: %s", case, failed[case])
         return None
     t_save = time.perf_counter()
+    record: dict = {}
+
+    def write_case_record() -> None:  # on disk before the mask: a kill can lose no finished case's rows
+        now = time.perf_counter()
+        t = {**pred.timings, "save_s": now - t_save, "total_s": now - start, "peak_rss_mb": peak_rss_mb()}
+        record.update(case_record(rec, output_path(out_dir, case, rec["image"]), t))
+        write_record(out_dir, record)
+
     try:
-        target = _save_outputs(pred, rec, out_dir, predictor)
+        target = _save_outputs(pred, rec, out_dir, predictor, write_case_record)
+    except OutputError:  # the folder was writable a moment ago: disk full, removed, ...
+        raise
     except PipelineError as exc:  # e.g. a DICOM SEG that cannot reference its series
         failed[case] = f"{type(exc).__name__}: {exc}"
         log.error("%s: failed: %s", case, failed[case])
         return None
-    except OSError as exc:  # the folder was writable a moment ago: disk full, removed, ...
+    except OSError as exc:  # not a write (those raise OutputError): e.g. the series vanished
         raise PipelineError(
             f"{out_dir}: cannot write the outputs of {case} ({exc.strerror or exc})"
         ) from None
-    t = {**pred.timings, "save_s": time.perf_counter() - t_save, "total_s": time.perf_counter() - start}
-    log.info("%s: %s (%.1f s)", case, target, t["total_s"])
-    return {"case_id": case, **t, "peak_rss_mb": peak_rss_mb()}
-
-
-def _merge_inputs(path: Path, records: Sequence[dict]) -> None:
-    """Record which scan each mask came from (``inputs.csv``, a manifest without labels), so that
-    ``pancreas-seg report OUT`` draws the masks on their scans without ``--manifest``."""
-    new = pd.DataFrame(
-        [
-            {
-                "case_id": str(r["case_id"]),
-                "subject_id": str(r.get("subject_id") or r["case_id"]),
-                "image": r["image"],
-            }
-            for r in records
-        ]
-    )
-    if path.exists():
-        try:
-            old = read_manifest(path)[["case_id", "subject_id", "image"]]
-            new = pd.concat([old[~old["case_id"].isin(new["case_id"])], new], ignore_index=True)
-        except (PipelineError, KeyError):
-            log.warning("warning: %s is not an inputs table; replacing it", path)
-    write_manifest(new, path, root=Path.cwd())
-
-
-def _merge_timings(path: Path, rows: list[dict]) -> None:
-    new = pd.DataFrame(rows, columns=list(TIMING_COLUMNS))
-    if path.exists():
-        try:
-            old = pd.read_csv(path, dtype={"case_id": str})
-            new = pd.concat([old[~old["case_id"].isin(new["case_id"])], new], ignore_index=True)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError):
-            log.warning("warning: %s is not a timings table; replacing it", path)
-    atomic_write(path, lambda tmp: new[list(TIMING_COLUMNS)].to_csv(tmp, index=False, float_format="%.4f"))
+    log.info("%s: %s (%.1f s)", case, target, record["timings"]["total_s"])
+    return record
 
 
 def _tty() -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.core.errors import ConfigError, ImageError
+from pipeline.core.fileio import atomic_write
 from pipeline.core.geometry import spacing_from_affine
 from transforms import list_dicom_series
 
@@ -149,7 +150,7 @@ def write_dicom_seg(
 
     Raises:
         ConfigError: highdicom is not installed. ImageError: the slices do not match the mask's grid
-            or lack the identifiers a SEG must reference.
+            or lack the identifiers a SEG must reference. OutputError: the file cannot be written.
     """
     hd = require_highdicom()
     from pydicom.sr.codedict import codes
@@ -194,10 +195,5 @@ def write_dicom_seg(
                 f"{folder}: cannot build a DICOM SEG for this series ({' '.join(str(exc).split())[:200]})"
             ) from None
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.dcm")
-    try:
-        seg.save_as(str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out_path, lambda tmp: seg.save_as(str(tmp)))
     return out_path

@@ -3,18 +3,22 @@
 NIfTI inputs: the output reuses the input's NIfTI header (sform, qform and their codes), so the
 mask opens exactly on top of the scan. NRRD/MHA inputs: ITK writes the spacing, origin and
 direction read from the input's own header (bit-for-bit the same geometry). DICOM series (written
-as NIfTI) and files without a reference: the geometry comes from the scan's RAS affine.
+as NIfTI) and files without a reference: the geometry comes from the scan's RAS affine. Every file
+is written through :func:`pipeline.core.fileio.atomic_write` (a killed writer's partial file is
+removed when the same output is written again).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.constants import IMAGE_EXTENSIONS, NIFTI_EXTENSIONS
 from pipeline.core.errors import ImageError
+from pipeline.core.fileio import atomic_write
 from pipeline.core.geometry import spacing_from_affine
 from transforms.readers import itk_header_io
 
@@ -44,47 +48,6 @@ def output_path(
     return Path(out_dir) / f"{case_id}{tag}{output_suffix(image_path)}"
 
 
-def _split(path: Path) -> tuple[str, str]:
-    name = path.name
-    suffix = next((s for s in (*IMAGE_EXTENSIONS, ".dcm") if name.lower().endswith(s)), "")
-    return name[: len(name) - len(suffix)], name[len(name) - len(suffix) :]
-
-
-def _tmp(path: Path) -> Path:
-    # keep the real suffix so the writer picks the right format
-    stem, suffix = _split(path)
-    return path.with_name(f".{stem}.{os.getpid()}.tmp{suffix}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
-
-
-def _remove_stale(path: Path) -> None:
-    """Delete temporaries of ``path`` left by writers that were killed (their process is gone)."""
-    stem, suffix = _split(path)
-    prefix, end = f".{stem}.", f".tmp{suffix}"
-    try:
-        siblings = list(path.parent.iterdir())
-    except OSError:
-        return
-    for p in siblings:
-        middle = p.name[len(prefix) : len(p.name) - len(end)]
-        if (
-            p.name.startswith(prefix)
-            and p.name.endswith(end)
-            and middle.isdigit()
-            and not _alive(int(middle))
-        ):
-            p.unlink(missing_ok=True)
-
-
 def itk_geometry(path: str | os.PathLike) -> dict:
     """Size, spacing, origin (LPS mm) and direction (3x3, columns = axes) from an ITK-readable
     file's header, without reading its voxels."""
@@ -103,6 +66,7 @@ def save_like(
     affine: np.ndarray,
     out_path: str | os.PathLike,
     reference: str | os.PathLike | None = None,
+    before_rename: Callable[[], object] | None = None,
 ) -> Path:
     """Save ``array`` (voxel order of the input file, i.e. as MONAI's readers return it) atomically.
 
@@ -111,28 +75,30 @@ def save_like(
         affine: the input's RAS affine (MONAI's ``original_affine``/``affine`` of the loaded scan).
         out_path: target file; its suffix chooses the format.
         reference: the input file; a NIfTI or NRRD/MHA reference lends its header's geometry.
+        before_rename: called once the file is complete under its temporary name, just before it
+            is renamed to ``out_path`` (e.g. to record the case first: the file's presence then
+            implies the record's).
 
     Returns:
         The written path.
 
     Raises:
         ImageError: ``array``'s shape is not the reference's.
-        OSError: the file cannot be written (nothing is left behind).
+        OutputError: the file cannot be written (nothing is left behind).
     """
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out_path)  # a killed earlier run's partial file of this output
-    tmp = _tmp(out_path)
     array = np.asarray(array)
     ref = str(reference) if reference else ""
-    try:
+
+    def write(tmp: Path) -> None:
         if str(out_path).lower().endswith(NIFTI_EXTENSIONS):
             _save_nifti(array, affine, tmp, ref if ref.lower().endswith(NIFTI_EXTENSIONS) else "")
         else:
             _save_itk(array, affine, tmp, ref if ref.lower().endswith(_ITK_EXTENSIONS) else "")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if before_rename is not None:
+            before_rename()
+
+    atomic_write(out_path, write)
     return out_path
 
 
@@ -144,7 +110,7 @@ def _check_shape(array: np.ndarray, shape, ref: str) -> None:
         )
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> None:
+def _save_nifti(array: np.ndarray, affine: np.ndarray, tmp: Path, ref: str) -> None:
     import nibabel as nib
 
     if ref:
@@ -160,10 +126,10 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> 
         img.set_qform(aff, code=1)
         img.set_sform(aff, code=1)
         img.header.set_xyzt_units("mm", "sec")
-    nib.save(img, str(path))
+    nib.save(img, str(tmp))
 
 
-def _save_itk(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> None:
+def _save_itk(array: np.ndarray, affine: np.ndarray, tmp: Path, ref: str) -> None:
     import itk
 
     if ref:
@@ -178,4 +144,4 @@ def _save_itk(array: np.ndarray, affine: np.ndarray, path: Path, ref: str) -> No
     img.SetSpacing([float(s) for s in spacing])
     img.SetOrigin([float(o) for o in origin])
     img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction, dtype=np.float64)))
-    itk.imwrite(img, str(path), compression=True)
+    itk.imwrite(img, str(tmp), compression=True)

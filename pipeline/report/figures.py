@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.fileio import atomic_write
+
 __all__ = [
     "VIEWS",
     "VIEW_AXIS",
@@ -161,10 +163,8 @@ def save_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an RGB uint8 array as PNG (lossless: the colours read back exactly)."""
     from matplotlib.image import imsave
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imsave(path, np.ascontiguousarray(rgb), format="png")
-    return path
+    rgb = np.ascontiguousarray(rgb)
+    return atomic_write(path, lambda tmp: imsave(tmp, rgb, format="png"))
 
 
 def plot_curves(logs: Mapping[str, object], path: str | os.PathLike) -> Path:
@@ -196,8 +196,7 @@ def plot_curves(logs: Mapping[str, object], path: str | os.PathLike) -> Path:
         ax.grid(alpha=0.3)
     if logs:
         axes[1].legend(fontsize=8)
-    fig.savefig(path, format="png")
-    return Path(path)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def colorbar_png(path: str | os.PathLike) -> Path:
@@ -211,5 +210,4 @@ def colorbar_png(path: str | os.PathLike) -> Path:
     ax = fig.add_subplot()
     mappable = ScalarMappable(Normalize(0, 1), colormaps["jet"])
     fig.colorbar(mappable, cax=ax, orientation="horizontal", label="attention coefficient α")
-    fig.savefig(path, format="png")
-    return Path(path)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +30,7 @@ import yaml
 from models import build_model, count_parameters
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import CheckpointError, ConfigError, ImageError, ManifestError, UsageError, writing
+from pipeline.core.fileio import atomic_outputs
 from pipeline.core.layout import FoldLayout, OutputLayout, RunLayout, fold_name, report_link
 from pipeline.core.runtime import select_device
 from pipeline.data.manifest import case_records, read_manifest
@@ -79,6 +79,7 @@ def write_report(
         ImageError: a scan, label or mask cannot be read, or a mask's name gives a case id that
             :func:`pipeline.data.schema.case_id_problem` refuses (checked before anything is written).
         CheckpointError: a fold's best checkpoint is unreadable.
+        OutputError: the report cannot be written (names the file); the previous report is kept.
     """
     run = Path(run)
     if not run.is_dir():
@@ -99,40 +100,17 @@ def write_report(
             "output (no masks)"
         )
     records, source = _records(run, manifest)
-    tmp = _beside(layout.report_files, "tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with writing(layout.report):
-        tmp.mkdir()
-    try:
-        with writing(layout.report):  # a full disk or read-only folder: one line naming it
+    html = layout.report
+    with atomic_outputs() as out:  # the figures' folder, then the page, renamed into place together
+        files = out.folder(layout.report_files)
+        with writing(html):  # a failure other than a figure's write: one line naming the report
             if is_cv:
-                body = _cv_body(run, records, source, max_cases, tmp)
+                body = _cv_body(run, records, source, max_cases, files)
             else:
-                body = _infer_body(run, masks, records, source, max_cases, tmp)
-            text = page(f"pancreas-seg report: {run.resolve().name}", body)
-            return _publish(run, tmp, text)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _beside(path: Path, tag: str) -> Path:
-    """A hidden working name next to ``path``: ``.NAME.TAG``."""
-    return path.with_name(f".{path.name}.{tag}")
-
-
-def _publish(run: Path, tmp: Path, text: str) -> Path:
-    """Swap the new figures in and write the HTML through a temporary name."""
-    layout = RunLayout(run)
-    final, old = layout.report_files, _beside(layout.report_files, "old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    html_tmp = _beside(layout.report, "tmp")
-    html_tmp.write_text(text, encoding="utf-8")
-    os.replace(html_tmp, layout.report)
-    shutil.rmtree(old, ignore_errors=True)
-    return layout.report
+                body = _infer_body(run, masks, records, source, max_cases, files)
+        text = page(f"pancreas-seg report: {run.resolve().name}", body)
+        out.write(html, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return html
 
 
 def _records(run: Path, manifest: str | os.PathLike | None) -> tuple[dict, str]:

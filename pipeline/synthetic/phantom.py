@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from pipeline.core.constants import AIR_HU
 from pipeline.core.errors import ConfigError, ImageError
+from pipeline.core.fileio import atomic_outputs
 from pipeline.core.geometry import spacing_from_affine
 from pipeline.synthetic.anatomy import Anatomy, Canvas, Tissue, rz
 
@@ -218,13 +219,13 @@ def _format(path: Path) -> str:
     raise ImageError(f"{path}: unsupported phantom file type; use .nii.gz, .nii, .nrrd or .mha")
 
 
-def _write(array: np.ndarray, affine: np.ndarray, path: Path, fmt: str) -> None:
+def _write(array: np.ndarray, affine: np.ndarray, tmp: Path, fmt: str) -> None:
     if fmt in ("nii.gz", "nii"):
         img = nib.Nifti1Image(array, affine)
         img.set_sform(affine, code=1)  # scanner-based; both set, so qform-only readers agree
         img.set_qform(affine, code=1)
         img.header.set_xyzt_units("mm", "sec")
-        nib.save(img, str(path))
+        nib.save(img, str(tmp))
         return
     import itk  # slow to import: only when NRRD/MHA is asked for
 
@@ -234,7 +235,7 @@ def _write(array: np.ndarray, affine: np.ndarray, path: Path, fmt: str) -> None:
     img.SetSpacing([float(s) for s in spacing])
     img.SetOrigin([float(v) for v in lps[:, 3]])
     img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(lps[:, :3] / spacing)))
-    itk.imwrite(img, str(path), compression=True)
+    itk.imwrite(img, str(tmp), compression=True)
 
 
 def save_phantom(ph: Phantom, image_path: str | os.PathLike, label_path: str | os.PathLike) -> None:
@@ -242,27 +243,16 @@ def save_phantom(ph: Phantom, image_path: str | os.PathLike, label_path: str | o
 
     NIfTI gets the affine as both sform and qform (code 1); NRRD/MHA are written by ITK with the
     matching LPS origin, spacing and direction. Both files go to temporary names first and are renamed
-    into place only when both writes succeeded.
+    into place only when both writes succeeded (:func:`pipeline.core.fileio.atomic_outputs`).
 
     Raises:
-        ImageError: an unsupported suffix, or a file that cannot be written.
+        ImageError: an unsupported suffix. OutputError: a file cannot be written (names it).
     """
     pairs = [(ph.image, Path(image_path)), (ph.label, Path(label_path))]
     fmts = [_format(path) for _, path in pairs]
-    tmps: list[Path] = []
-    path = pairs[0][1]
-    try:
+    with atomic_outputs() as out:
         for (array, path), fmt in zip(pairs, fmts):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmps.append(path.with_name(f".{path.name[: -len(fmt) - 1]}.{os.getpid()}.tmp.{fmt}"))
-            _write(array, ph.affine, tmps[-1], fmt)
-        for tmp, (_, path) in zip(tmps, pairs):
-            os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # ITK raises RuntimeError when it cannot write
-        raise ImageError(f"{path}: cannot write phantom: {e}") from e
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+            out.write(path, lambda tmp, array=array, fmt=fmt: _write(array, ph.affine, tmp, fmt))
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -294,7 +284,7 @@ def write_phantoms(
         orientation and spacing.
 
     Raises:
-        ConfigError: bad n, seed, shape or formats. ImageError: a file cannot be written.
+        ConfigError: bad n, seed, shape or formats. OutputError: a file cannot be written.
     """
     fmts = [str(f).lower().lstrip(".") for f in formats]
     if not fmts or any(f not in FORMATS for f in fmts):

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from ignite.engine import Engine, Events
 
 from pipeline.core.checkpoint import save_checkpoint
 from pipeline.core.distributed import mean_across_ranks
+from pipeline.core.fileio import atomic_write_text
 from pipeline.core.layout import CheckpointLayout
 
 __all__ = [
@@ -46,7 +48,7 @@ LOG_COLUMNS = ("epoch", "loss", "val_dice", "best_val_dice", "lr", "epoch_second
 
 
 class EpochCSVLogger:
-    """Append one row per epoch to a CSV and log a one-line summary.
+    """Add one row per epoch to a CSV (rewritten atomically) and log a one-line summary.
 
     Attach after the ``ValidationHandler`` so the epoch's validation Dice is known.
     """
@@ -63,6 +65,7 @@ class EpochCSVLogger:
         self.evaluator = evaluator
         self.write = write  # False on torchrun ranks > 0: they only take part in the loss average
         self._losses: list[float] = []
+        self._rows: list[dict] = []  # the log's rows so far (rewritten as a whole each epoch)
         self._t0 = 0.0
 
     def attach(self, engine: Engine) -> None:
@@ -73,32 +76,25 @@ class EpochCSVLogger:
 
     def _trim(self, engine: Engine) -> None:
         """On (re)start keep only rows up to the resumed epoch: later ones belong to a killed run."""
+        self._rows = []
         if not self.write or not self.path.exists():
             return
         with self.path.open(newline="") as f:
-            rows = [
+            self._rows = [
                 r
                 for r in csv.DictReader(f)
                 if r.get("epoch", "").isdigit() and int(r["epoch"]) <= engine.state.epoch
             ]
-        self._write(rows, mode="w")
+        self._save()
 
-    def _write(self, rows: list[dict], mode: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = mode == "w" or not self.path.exists()
-        if mode == "w":
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with tmp.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, self.path)
-            return
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+    def _save(self) -> None:
+        """Rewrite the whole log atomically: a kill mid-write leaves the previous epoch's file, never a
+        partial row (a few hundred short rows at most)."""
+        buffer = io.StringIO()
+        w = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self._rows)
+        atomic_write_text(self.path, buffer.getvalue())
 
     def _start(self, engine: Engine) -> None:
         self._losses, self._t0 = [], time.perf_counter()
@@ -130,7 +126,8 @@ class EpochCSVLogger:
             "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
             "epoch_seconds": f"{time.perf_counter() - self._t0:.3f}",
         }
-        self._write([row], mode="a")
+        self._rows.append(row)
+        self._save()
         val_txt = f"  val dice {float(val):.4f} (best {float(best):.4f})" if val != "" else ""
         log.info(
             "epoch %d/%d  loss %.4f%s  lr %s  %.1f s",

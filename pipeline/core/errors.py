@@ -15,6 +15,7 @@ __all__ = [
     "PipelineError",
     "ConfigError",
     "UsageError",
+    "BusyError",
     "ManifestError",
     "ImageError",
     "CheckpointError",
@@ -42,8 +43,13 @@ class ConfigError(PipelineError):
 
 
 class UsageError(PipelineError):
-    """A command-line argument is invalid (a bad value, or options that do not go together), as
-    argparse's own usage errors but found after parsing."""
+    """An argument of a command (or of the function behind it) is invalid: a bad value, options that
+    do not go together, or a path that names the wrong kind of thing; as argparse's own usage errors,
+    but found after parsing."""
+
+
+class BusyError(PipelineError):
+    """Another process is working in the same run folder or fold right now; nothing was changed."""
 
 
 class ManifestError(PipelineError):

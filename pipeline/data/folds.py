@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.errors import ManifestError
+from pipeline.core.errors import ManifestError, UsageError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.data.importers import _load_json
 from pipeline.data.manifest import _normalise, _root, _text, validate_manifest
@@ -34,7 +34,8 @@ def assign_folds(df: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
         A copy of ``df`` (all :data:`COLUMNS`, attrs kept) with ``fold`` set for every row.
 
     Raises:
-        ManifestError: ``k`` is out of range, or the table lacks ``subject_id``.
+        UsageError: ``k`` is below 2.
+        ManifestError: more folds than subjects, or the table lacks ``subject_id``.
     """
     source = str(df.attrs.get("path", "manifest"))
     if "subject_id" not in df.columns or len(df) == 0:
@@ -42,7 +43,7 @@ def assign_folds(df: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
     subject_of = [_text(s) for s in df["subject_id"].tolist()]
     subjects = sorted(set(subject_of))
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-        raise ManifestError(f"{source}: cannot assign {k!r} folds; cross-validation needs k >= 2")
+        raise UsageError(f"{source}: cannot assign {k!r} folds; cross-validation needs k >= 2")
     if k > len(subjects):
         raise ManifestError(
             f"{source}: cannot assign {k} folds to {len(subjects)} subjects; use k <= {len(subjects)}"

@@ -21,7 +21,7 @@ import torch
 from models.fusion import prepare_for_inference
 from pipeline.core import runtime
 from pipeline.core.config import Config, PerfConfig
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import CheckpointError, ConfigError
 from pipeline.core.runtime import (
     autocast_context,
     configure_process,
@@ -109,7 +109,7 @@ class Predictor:
     def __init__(self, networks: Sequence[torch.nn.Module], cfg: Config):
 
         if not networks:
-            raise ConfigError("no networks to predict with")
+            raise CheckpointError("no networks to predict with (no checkpoint given)")
         self.cfg = cfg
         self.device = select_device(cfg.perf)
         configure_process(cfg.perf)

@@ -74,8 +74,9 @@ def write_report(
         The path of ``report.html``.
 
     Raises:
-        ManifestError: not a run folder, no finished fold, or an unreadable manifest.
-        UsageError: ``max_cases`` < 0.
+        UsageError: ``run`` is no folder, neither a CV run nor an inference output, or a CV run with
+            no finished fold yet; ``max_cases`` < 0.
+        ManifestError: an unreadable manifest.
         ImageError: a scan, label or mask cannot be read, or a mask's name gives a case id that
             :func:`pipeline.data.schema.case_id_problem` refuses (checked before anything is written).
         CheckpointError: a fold's best checkpoint is unreadable.
@@ -83,19 +84,17 @@ def write_report(
     """
     run = Path(run)
     if not run.is_dir():
-        raise ManifestError(f"{run}: no such run folder")
+        raise UsageError(f"{run}: no such run folder")
     if max_cases < 0:
         raise UsageError(f"--max-cases must be 0 or more, got {max_cases}")
     layout, folds_metrics = RunLayout(run), FoldLayout(fold_name("*")).metrics  # fold_*/metrics.csv
     folds = layout.folds()
     is_cv = layout.cv_summary.exists() or any(f.metrics.exists() for f in folds)
     if not is_cv and folds:
-        raise ManifestError(
-            f"{run}: no finished fold yet (no {folds_metrics}); report again when one is done"
-        )
+        raise UsageError(f"{run}: no finished fold yet (no {folds_metrics}); report again when one is done")
     masks = {} if is_cv else _masks(run)
     if not is_cv and not masks:
-        raise ManifestError(
+        raise UsageError(
             f"{run}: neither a CV run (no {layout.cv_summary.name} or {folds_metrics}) nor an inference "
             "output (no masks)"
         )

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.core.constants import AIR_HU
-from pipeline.core.errors import ConfigError, ImageError
+from pipeline.core.errors import ImageError, UsageError
 from pipeline.core.fileio import atomic_outputs
 from pipeline.core.geometry import spacing_from_affine
 from pipeline.synthetic.anatomy import Anatomy, Canvas, Tissue, rz
@@ -93,7 +93,7 @@ def make_phantom(
         The :class:`Phantom`; the field of view is centred on a point of the pancreas.
 
     Raises:
-        ConfigError: a bad argument, or a grid too small or coarse to contain any pancreas voxel.
+        UsageError: a bad argument, or a grid too small or coarse to contain any pancreas voxel.
     """
     return _generate(seed, shape, spacing, orientation)[0]
 
@@ -112,7 +112,7 @@ def _generate(seed, shape, spacing, orientation) -> tuple[Phantom, np.ndarray]:
     _keep_one_pancreas(canvas, body)
     label = (canvas.tissue == T.PANCREAS).astype(np.uint8)
     if not label.any():
-        raise ConfigError(
+        raise UsageError(
             f"phantom grid {shape} at {spacing} mm holds no pancreas voxel; use a finer or larger grid"
         )
     # Texture and noise are drawn in RAS voxel order, so RAS and LPS copies of a seed hold the same image.
@@ -142,19 +142,19 @@ def _draw_grid(geo: np.random.Generator, shape, spacing, orientation) -> tuple:
 
 def _check(seed, shape, spacing, orientation):
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"phantom seed must be a non-negative integer, got {seed!r}")
+        raise UsageError(f"phantom seed must be a non-negative integer, got {seed!r}")
     if shape is not None:
         if len(shape) != 3 or any(not isinstance(n, numbers.Integral) or n < 4 for n in shape):
-            raise ConfigError(f"phantom shape must be three integers >= 4, got {shape!r}")
+            raise UsageError(f"phantom shape must be three integers >= 4, got {shape!r}")
         shape = tuple(int(n) for n in shape)
     if spacing is not None:
         if len(spacing) != 3 or not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing):
-            raise ConfigError(f"phantom spacing must be three positive numbers (mm), got {spacing!r}")
+            raise UsageError(f"phantom spacing must be three positive numbers (mm), got {spacing!r}")
         spacing = tuple(float(s) for s in spacing)
     if orientation is not None:
         named = {o.lower(): o for o in ORIENTATIONS}
         if str(orientation).lower() not in named:
-            raise ConfigError(
+            raise UsageError(
                 f"phantom orientation {orientation!r} unknown; expected one of {', '.join(ORIENTATIONS)}"
             )
         orientation = named[str(orientation).lower()]
@@ -284,13 +284,13 @@ def write_phantoms(
         orientation and spacing.
 
     Raises:
-        ConfigError: bad n, seed, shape or formats. OutputError: a file cannot be written.
+        UsageError: bad n, seed, shape or formats. OutputError: a file cannot be written.
     """
     fmts = [str(f).lower().lstrip(".") for f in formats]
     if not fmts or any(f not in FORMATS for f in fmts):
-        raise ConfigError(f"phantom formats {list(formats)!r}: expected one or more of {', '.join(FORMATS)}")
+        raise UsageError(f"phantom formats {list(formats)!r}: expected one or more of {', '.join(FORMATS)}")
     if not isinstance(n, numbers.Integral) or n < 1:
-        raise ConfigError(f"number of phantoms must be a positive integer, got {n!r}")
+        raise UsageError(f"number of phantoms must be a positive integer, got {n!r}")
     _check(seed, shape, None, None)
     rows = []
     for i in range(n):

@@ -36,7 +36,7 @@ import yaml
 
 from pipeline.core import distributed as dist
 from pipeline.core.config import Config, config_to_dict, save_run_config
-from pipeline.core.errors import ConfigError, ManifestError
+from pipeline.core.errors import BusyError, ConfigError, ManifestError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.core.layout import FoldLayout, RunLayout
 from pipeline.data.manifest import case_records, read_manifest, write_manifest
@@ -123,7 +123,7 @@ def claim_fold(fold_dir: Path) -> Iterator[None]:
     """Hold ``fold_dir/.lock`` while the fold runs (rank 0 holds it for a torchrun job).
 
     Raises:
-        ConfigError: another process is running this fold into the same run folder.
+        BusyError: another process is running this fold into the same run folder.
     """
     with (
         _file_lock(FoldLayout(fold_dir).lock, blocking=False)
@@ -131,7 +131,7 @@ def claim_fold(fold_dir: Path) -> Iterator[None]:
         else contextlib.nullcontext(True) as got
     ):
         if dist.any_across_ranks(not got):
-            raise ConfigError(
+            raise BusyError(
                 f"{fold_dir}: another process is running this fold; give each process its own "
                 "--folds, or wait for it to finish"
             )

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.core.checkpoint import load_checkpoint
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import BusyError
 from pipeline.inference.loading import load_network
 from tests.conftest import REPO
 
@@ -170,7 +170,7 @@ def test_fold_lock_refuses_a_second_process(tmp_path):
     from pipeline.workflows.cv import claim_fold
 
     with claim_fold(tmp_path / "fold_0"):
-        with pytest.raises(ConfigError, match="another process is running this fold"):
+        with pytest.raises(BusyError, match="another process is running this fold"):
             with claim_fold(tmp_path / "fold_0"):
                 pass
     with claim_fold(tmp_path / "fold_0"):  # released afterwards

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.core.errors import ManifestError
+from pipeline.core.errors import ManifestError, UsageError
 from pipeline.data.manifest import (
     COLUMNS,
     assign_folds,
@@ -280,10 +280,15 @@ def test_assign_folds_replaces_existing_folds_and_keeps_attrs(data: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    "k, expected", [(1, "k >= 2"), (0, "k >= 2"), (24, "cannot assign 24 folds to 23 subjects")]
+    "k, error, expected",
+    [
+        (1, UsageError, "k >= 2"),
+        (0, UsageError, "k >= 2"),
+        (24, ManifestError, "cannot assign 24 folds to 23 subjects"),
+    ],
 )
-def test_assign_folds_rejects_bad_k(k: int, expected: str) -> None:
-    with pytest.raises(ManifestError, match=expected):
+def test_assign_folds_rejects_bad_k(k: int, error: type, expected: str) -> None:
+    with pytest.raises(error, match=expected):
         assign_folds(subjects_table(), k)
 
 

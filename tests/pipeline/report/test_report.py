@@ -16,7 +16,7 @@ import pytest
 from matplotlib.image import imread
 
 from pipeline.cli import main
-from pipeline.core.errors import ManifestError, UsageError
+from pipeline.core.errors import UsageError
 from pipeline.data.manifest import case_records, read_manifest
 from pipeline.report.cases import attention_window, load_case, write_case_views
 from pipeline.report.figures import LABEL_RGB, PRED_RGB, VIEW_AXIS
@@ -224,13 +224,13 @@ def test_inference_folder_report_shows_timings_and_predictions(tiny_dataset, tmp
 
 
 def test_report_refuses_what_is_not_a_run(tmp_path):
-    with pytest.raises(ManifestError, match="no such run folder"):
+    with pytest.raises(UsageError, match="no such run folder"):
         write_report(tmp_path / "missing")
-    with pytest.raises(ManifestError, match="neither a CV run"):
+    with pytest.raises(UsageError, match="neither a CV run"):
         write_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
     (tmp_path / "fold_0").mkdir()
-    with pytest.raises(ManifestError, match="no finished fold yet"):
+    with pytest.raises(UsageError, match="no finished fold yet"):
         write_report(tmp_path)
     with pytest.raises(UsageError, match="max-cases"):
         write_report(tmp_path, max_cases=-1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.core.errors import ConfigError, ImageError
+from pipeline.core.errors import ImageError, UsageError
 from pipeline.core.geometry import spacing_from_affine
 from pipeline.synthetic.anatomy import Tissue
 from pipeline.synthetic.phantom import ORIENTATIONS, _generate, make_phantom, save_phantom, write_phantoms
@@ -206,14 +206,14 @@ def test_write_phantoms_cycles_orientations_and_formats(tmp_path):
 )
 def test_bad_arguments_raise_config_error(kwargs):
     args = {"seed": 0, "shape": (16, 16, 8)} | kwargs
-    with pytest.raises(ConfigError):
+    with pytest.raises(UsageError):
         make_phantom(**args)
 
 
 def test_bad_formats_and_suffixes_are_named_errors(tmp_path):
-    with pytest.raises(ConfigError, match="png"):
+    with pytest.raises(UsageError, match="png"):
         write_phantoms(tmp_path, n=1, formats=("png",))
-    with pytest.raises(ConfigError):
+    with pytest.raises(UsageError):
         write_phantoms(tmp_path, n=0)
     ph = make_phantom(0, (16, 16, 8))
     with pytest.raises(ImageError, match=r"lab\.png"):

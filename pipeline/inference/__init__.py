@@ -1,1 +1,4 @@
-"""Sliding-window inference on whole scans: the predictor, batches of scans, model loading, mask and DICOM SEG writers."""
+"""Sliding-window inference on whole scans: :mod:`~pipeline.inference.predictor` (one scan),
+:mod:`~pipeline.inference.batch` (a batch of scans, resumable) with its per-case
+:mod:`~pipeline.inference.records`, :mod:`~pipeline.inference.inputs` (what ``--input`` names),
+:mod:`~pipeline.inference.loading` (checkpoints and ensembles), and the mask and DICOM SEG writers."""

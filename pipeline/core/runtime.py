@@ -99,12 +99,18 @@ def autocast_dtype(device: torch.device, perf: PerfConfig) -> torch.dtype | None
         if not perf.bf16:
             return None
         if not cpu_supports_bf16():
-            log.warning("warning: perf.bf16: this CPU has no native bf16 instructions; running in float32")
+            _warn_no_bf16()
             return None
         return torch.bfloat16
     if device.type == "cuda" and perf.amp:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+@lru_cache(maxsize=1)
+def _warn_no_bf16() -> None:
+    """Once per process: autocast is set up at every training step and every validation window."""
+    log.warning("warning: perf.bf16: this CPU has no native bf16 instructions; running in float32")
 
 
 def autocast_context(device: torch.device, perf: PerfConfig) -> contextlib.AbstractContextManager:

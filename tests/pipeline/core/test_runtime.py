@@ -181,3 +181,14 @@ def test_retention_off_leaves_an_untouched_glibc_alone(monkeypatch):
     assert calls == []
     assert runtime.retain_freed_memory(True) is True
     assert len(calls) == 2 and runtime._retaining is True
+
+
+def test_missing_bf16_is_said_once(monkeypatch, caplog):
+    """A CPU without bf16 falls back to float32 with one warning, not one per step or window."""
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    runtime._warn_no_bf16.cache_clear()
+    perf = PerfConfig(device="cpu", bf16=True)
+    with caplog.at_level("WARNING"):
+        dtypes = [runtime.autocast_dtype(torch.device("cpu"), perf) for _ in range(5)]
+    assert dtypes == [None] * 5
+    assert caplog.text.count("no native bf16 instructions") == 1

@@ -6,7 +6,10 @@ import re
 
 from pipeline.core.errors import ManifestError
 
-__all__ = ["parse_label_map"]
+__all__ = ["DEFAULT_CLASS_NAMES", "class_names", "parse_label_map"]
+
+# Foreground classes by value, as MSD Task07 labels them (pancreas 1, tumour 2).
+DEFAULT_CLASS_NAMES = {1: "pancreas", 2: "tumour"}
 
 
 def parse_label_map(text: str, where: str = "label_map", classes: int | None = 2) -> dict[int, int]:
@@ -44,3 +47,21 @@ def parse_label_map(text: str, where: str = "label_map", classes: int | None = 2
             raise ManifestError(f"{where}: label_map {text!r} maps {src} to class {dst}; {allowed}")
         mapping[src] = dst
     return mapping
+
+
+def class_names(cfg) -> dict[int, str]:
+    """The foreground classes a config's model predicts: ``{class value: name}``.
+
+    Names come from ``cfg.data.class_names`` (a list, class 1 first) when the config has it, else
+    from :data:`DEFAULT_CLASS_NAMES`; classes beyond those are named ``class_<k>``. Every table,
+    overlay legend and DICOM segment uses these names.
+
+    Args:
+        cfg: a :class:`pipeline.core.config.Config` (only ``model.out_channels`` and
+            ``data.class_names`` are read).
+    """
+    names = list(getattr(cfg.data, "class_names", None) or [])
+    out = {}
+    for k in range(1, int(cfg.model.out_channels)):
+        out[k] = names[k - 1] if k <= len(names) else DEFAULT_CLASS_NAMES.get(k, f"class_{k}")
+    return out

@@ -160,6 +160,9 @@ class InferConfig:
     cpu_stitch_voxels: int = 64_000_000  # stitch on the CPU above this many output voxels
     save_probabilities: bool = False  # also write <case>_prob.<ext>: float32 foreground probability
     dicom_seg: bool = False  # DICOM series inputs: also write <case>_seg.dcm (needs highdicom)
+    # a folder or manifest: threads that load the next case and write the previous one while the
+    # network runs (results identical to 0, serial); -1: chosen by core count (0 below 4 cores)
+    workers: int = -1
 
 
 @dataclass

@@ -100,6 +100,7 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         lambda v: v >= 0,
         ">= 0",
     ),
+    (("infer.workers",), lambda v: v >= -1, ">= -1 (-1: chosen by core count, 0: serial)"),
     (("train.lr", "train.lr_gamma"), lambda v: v > 0, "> 0"),
     (
         (

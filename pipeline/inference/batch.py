@@ -12,14 +12,15 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pipeline.core import distributed as dist
 from pipeline.core.errors import OutputError, PipelineError
 from pipeline.core.runtime import peak_rss_mb, reset_peak_rss
 from pipeline.inference.dicom_seg import SEG_SUFFIX, require_highdicom, write_dicom_seg
-from pipeline.inference.predictor import Prediction, Predictor
+from pipeline.inference.overlap import overlapped, resolve_workers
+from pipeline.inference.predictor import Pending, Prediction, Predictor
 from pipeline.inference.records import TIMING_COLUMNS, case_record, merge_records, write_record
 from pipeline.inference.writers import PROBABILITY_TAG, output_path, save_like
 
@@ -87,16 +88,20 @@ def predict_cases(
     tty = _tty()
     try:
         with logging_redirect_tqdm() if tty else contextlib.nullcontext():  # log lines above the bar
-            for rec in tqdm(records, desc="infer", unit="case", disable=not tty):
-                case = str(rec["case_id"])
-                target = output_path(out_dir, case, rec["image"])
+            todo = []
+            for rec in records:
+                target = output_path(out_dir, str(rec["case_id"]), rec["image"])
                 if target.exists() and not overwrite:
                     skipped.append(target)
-                    continue
-                row = _predict_one(predictor, rec, out_dir, failed)
+                else:
+                    todo.append(rec)
+            bar = tqdm(total=len(todo), desc="infer", unit="case", disable=not tty)
+            for rec, row in zip(todo, _predict_all(predictor, todo, out_dir, failed)):
+                bar.update()
                 if row is not None:
                     rows.append(row)
-                    written.append(target)
+                    written.append(output_path(out_dir, str(rec["case_id"]), rec["image"]))
+            bar.close()
     finally:
         if dist.is_distributed():  # every rank's outcome, in input order; rank 0 writes the tables
             written, skipped, failed, rows = _gather_ranks(
@@ -104,6 +109,9 @@ def predict_cases(
             )
         if dist.is_main():  # this run's records and any a killed run left
             merge_records(out_dir, rows, [str(r["case_id"]) for r in all_records])
+    failed = {
+        str(r["case_id"]): failed[str(r["case_id"])] for r in all_records if str(r["case_id"]) in failed
+    }
     if skipped:
         log.info("%d case(s) skipped: output exists (use --overwrite to recompute)", len(skipped))
     return {"written": written, "skipped": skipped, "failed": failed}
@@ -124,6 +132,47 @@ def _gather_ranks(
     )
 
 
+def _predict_all(predictor: Predictor, records: Sequence[dict], out_dir: Path, failed: dict) -> Iterator:
+    """Each record's :func:`_predict_one` result, in order; with ``infer.workers`` > 0 the next case
+    loads and the previous one is inverted and written while the network runs on this one
+    (:mod:`pipeline.inference.overlap`), with the same steps, outputs and failure handling."""
+    workers = resolve_workers(predictor.cfg.infer.workers)
+    if workers == 0 or len(records) < 2:
+        for rec in records:
+            yield _predict_one(predictor, rec, out_dir, failed)
+        return
+
+    def load(rec: dict) -> tuple[float, Pending] | None:
+        start = time.perf_counter()
+        pending = _attempt(rec, failed, predictor.prepare, rec)
+        return None if pending is None else (start, pending)
+
+    def run(rec: dict, loaded: tuple[float, Pending]) -> tuple[float, Pending] | None:
+        reset_peak_rss()  # the peak from here to its record: this case's network and its neighbours' steps
+        pending = _attempt(rec, failed, predictor.run_network, loaded[1])
+        return None if pending is None else (loaded[0], pending)
+
+    def finish(rec: dict, ran: tuple[float, Pending] | None) -> dict | None:
+        pred = None if ran is None else _attempt(rec, failed, predictor.finish, ran[1])
+        return None if pred is None else _save_case(predictor, rec, pred, out_dir, failed, ran[0])
+
+    yield from overlapped(records, load, run, finish, workers)
+
+
+def _attempt(rec: dict, failed: dict, step: Callable, *args: object) -> object | None:
+    """``step(*args)``, or None with the case's error in ``failed`` (one odd scan must not stop a batch)."""
+    case = str(rec["case_id"])
+    try:
+        return step(*args)
+    except PipelineError as exc:
+        failed[case] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one odd scan must not stop a batch
+        failed[case] = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        log.debug("%s: traceback", case, exc_info=True)
+    log.error("%s: failed: %s", case, failed[case])
+    return None
+
+
 def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -> dict | None:
     """Predict and save one case; returns its record (:func:`~pipeline.inference.records.case_record`).
     A failure goes into ``failed`` and returns None.
@@ -131,19 +180,22 @@ def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -
     Raises:
         OutputError: an output cannot be written (full disk): the batch stops.
     """
-    case = str(rec["case_id"])
     reset_peak_rss()
     start = time.perf_counter()
-    try:
-        pred = predictor.predict(rec)
-    except PipelineError as exc:
-        failed[case] = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - one odd scan must not stop a batch
-        failed[case] = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        log.debug("%s: traceback", case, exc_info=True)
-    if case in failed:
-        log.error("%s: failed: %s", case, failed[case])
-        return None
+    pred = _attempt(rec, failed, predictor.predict, rec)
+    return None if pred is None else _save_case(predictor, rec, pred, out_dir, failed, start)
+
+
+def _save_case(
+    predictor: Predictor, rec: dict, pred: Prediction, out_dir: Path, failed: dict, start: float
+) -> dict | None:
+    """Save a predicted case (its record just before its mask); returns the record, or None with the
+    error in ``failed``.
+
+    Raises:
+        OutputError: an output cannot be written (full disk): the batch stops.
+    """
+    case = str(rec["case_id"])
     t_save = time.perf_counter()
     record: dict = {}
 

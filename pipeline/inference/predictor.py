@@ -31,7 +31,7 @@ from pipeline.core.runtime import (
 )
 from transforms import build_infer_transforms, invert_to_original
 
-__all__ = ["Prediction", "Predictor", "inference_perf", "keep_largest_component"]
+__all__ = ["Pending", "Prediction", "Predictor", "inference_perf", "keep_largest_component"]
 
 log = logging.getLogger("pancreas_seg")
 
@@ -51,6 +51,22 @@ class Prediction:
     probability: np.ndarray | None
     affine: np.ndarray
     timings: dict
+
+
+@dataclass
+class Pending:
+    """A scan between the stages of :meth:`Predictor.predict` (a batch runs the stages of neighbouring
+    cases at the same time: :mod:`pipeline.inference.batch`).
+
+    Attributes:
+        data: the chain's output dict (:meth:`Predictor.preprocess`).
+        timings: seconds per stage so far.
+        probs: (C, X, Y, Z) class probabilities on the canonical grid, once the network has run.
+    """
+
+    data: dict
+    timings: dict
+    probs: torch.Tensor | None = None
 
 
 def inference_perf(cfg: Config, device: torch.device) -> PerfConfig:
@@ -239,14 +255,32 @@ class Predictor:
         fg = None if fg is None else fg.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)
         return Prediction(mask, fg, affine, {"invert_s": time.perf_counter() - t0})
 
-    def predict(self, record: dict) -> Prediction:
-        """Segment one scan (``record["image"]``: a file or a DICOM series folder).
+    def prepare(self, record: dict) -> Pending:
+        """Stage 1 of :meth:`predict`: load and preprocess (thread-safe; a batch runs it ahead).
 
         Raises:
             ImageError: an unreadable or unusable scan.
         """
         data, t = self.preprocess(record)
-        probs, t_sw = self.sliding_window(data["image"])
-        out = self.postprocess(data, probs)
-        out.timings = {**t, **t_sw, **out.timings}
+        return Pending(data, t)
+
+    def run_network(self, pending: Pending) -> Pending:
+        """Stage 2 of :meth:`predict`: the sliding window (one thread at a time: it times itself)."""
+        pending.probs, t = self.sliding_window(pending.data["image"])
+        pending.timings.update(t)
+        return pending
+
+    def finish(self, pending: Pending) -> Prediction:
+        """Stage 3 of :meth:`predict`: back to the input grid (thread-safe; a batch runs it behind)."""
+        out = self.postprocess(pending.data, pending.probs)
+        out.timings = {**pending.timings, **out.timings}
         return out
+
+    def predict(self, record: dict) -> Prediction:
+        """Segment one scan (``record["image"]``: a file or a DICOM series folder): the three stages
+        :meth:`prepare`, :meth:`run_network`, :meth:`finish` in a row.
+
+        Raises:
+            ImageError: an unreadable or unusable scan.
+        """
+        return self.finish(self.run_network(self.prepare(record)))

@@ -250,6 +250,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     overrides += ["infer.save_probabilities=true"] if args.probabilities else []
     overrides += ["infer.dicom_seg=true"] if args.dicom_seg else []
     overrides += [f"infer.precision={args.precision}"] if args.precision else []
+    overrides += [f"infer.workers={args.workers}"] if args.workers is not None else []
     records = discover_inputs(args.input)
     predictor = load_predictor(args.model, overrides)
     if predictor.cfg.infer.dicom_seg and any(Path(r["image"]).is_dir() for r in records):

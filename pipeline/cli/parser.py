@@ -204,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default): channels-last + bf16 on CPUs with native bf16, else float32",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="folder or manifest: N background threads load the next scan and write the previous one "
+        "while the network runs (same masks; 0 = one scan after the other; default: infer.workers, "
+        "chosen by core count)",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",

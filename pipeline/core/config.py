@@ -161,7 +161,7 @@ class InferConfig:
     save_probabilities: bool = False  # also write <case>_prob.<ext>: float32 foreground probability
     dicom_seg: bool = False  # DICOM series inputs: also write <case>_seg.dcm (needs highdicom)
     # a folder or manifest: threads that load the next case and write the previous one while the
-    # network runs (results identical to 0, serial); -1: chosen by core count (0 below 4 cores)
+    # network runs (results identical to 0, serial); -1: 1 per 4 cores, 1..4 (0 on one core)
     workers: int = -1
 
 

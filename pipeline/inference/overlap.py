@@ -25,9 +25,11 @@ _END = object()
 def resolve_workers(workers: int, cores: int | None = None) -> int:
     """The number of background threads per side for ``infer.workers`` (-1: chosen by core count).
 
-    Auto is 0 (serial) below 4 cores, where the network already keeps every core busy and threads
-    beside it only take turns with it (``bench/infer_cohort.py``); else one thread per 4 cores, at
-    most 4 (each writer thread may hold one full-size case being inverted: memory grows with it).
+    Auto is one thread per 4 cores, at least 1 and at most 4; 0 (serial) on a single core, where a
+    thread can only take turns with the network. Even on 2 cores one thread hides most of the
+    reading, resampling, inversion and gzip writing, which run on one core while the network's
+    convolutions wait on memory (``bench/infer_cohort.py``, numbers in README.md). More threads
+    cost memory: each writer thread may hold one full-size case being inverted.
 
     Args:
         workers: ``infer.workers`` (checked >= -1 when the config is loaded).
@@ -37,7 +39,7 @@ def resolve_workers(workers: int, cores: int | None = None) -> int:
         return workers
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 0 if cores < 4 else min(4, cores // 4)
+    return 0 if cores < 2 else max(1, min(4, cores // 4))
 
 
 def overlapped(

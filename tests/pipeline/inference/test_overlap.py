@@ -119,7 +119,8 @@ def test_an_error_that_escapes_a_step_stops_the_batch():
 
 
 def test_workers_by_core_count_and_checked_at_load():
-    assert resolve_workers(-1, cores=2) == 0 and resolve_workers(-1, cores=8) == 2
+    assert resolve_workers(-1, cores=1) == 0 and resolve_workers(-1, cores=2) == 1
+    assert resolve_workers(-1, cores=8) == 2 and resolve_workers(0, cores=64) == 0
     assert resolve_workers(-1, cores=64) == 4 and resolve_workers(3, cores=2) == 3
     assert resolve_workers(-1) >= 0
     with pytest.raises(ConfigError, match="infer.workers"):

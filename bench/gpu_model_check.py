@@ -29,6 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+
     from models import build_model
     from pipeline.core.config import Config, PerfConfig
     from pipeline.core.runtime import autocast_context, select_device
@@ -41,7 +42,10 @@ def main() -> None:
     perf = PerfConfig(device=args.device, amp=True)
     device = select_device(perf)
     cuda = device.type == "cuda"
-    print(f"device {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch {torch.__version__}", flush=True)
+    print(
+        f"device {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch {torch.__version__}",
+        flush=True,
+    )
 
     def sync() -> None:
         if cuda:

@@ -54,7 +54,9 @@ def main() -> None:
     modes = [0, *args.workers]
     predictors = {w: load_predictor(ckpt, [f"infer.workers={w}"]) for w in modes}
     configure_process(predictors[0].cfg.perf)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.cases} cases")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.cases} cases"
+    )
     seconds: dict[int, list[float]] = {w: [] for w in modes}
     for rep in range(args.repeats):
         for w in modes:

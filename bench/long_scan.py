@@ -56,7 +56,9 @@ def cli_run(scan: Path, ckpt: Path, out: Path, overrides: list[str]) -> tuple[fl
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"pancreas-seg infer failed (exit {os.waitstatus_to_exitcode(status)}): {' '.join(cmd)}")
+        raise SystemExit(
+            f"pancreas-seg infer failed (exit {os.waitstatus_to_exitcode(status)}): {' '.join(cmd)}"
+        )
     return wall, usage.ru_maxrss / 1024.0, cmd
 
 
@@ -84,10 +86,15 @@ def main() -> None:
         voxels = 512 * 512 * n
         results.append((n, wall, peak, wall / voxels))
         print(f"  {' '.join(cmd)}", flush=True)
-        print(f"  {wall:.1f} s, {1e9 * wall / voxels:.1f} s per 10^9 voxels, peak RSS {peak:.0f} MB", flush=True)
-        print("  stages: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if k.endswith("_s")), flush=True)
+        print(
+            f"  {wall:.1f} s, {1e9 * wall / voxels:.1f} s per 10^9 voxels, peak RSS {peak:.0f} MB", flush=True
+        )
+        print(
+            "  stages: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if k.endswith("_s")),
+            flush=True,
+        )
     base = results[0]
-    for n, wall, peak, per_voxel in results[1:]:
+    for n, _wall, peak, per_voxel in results[1:]:
         print(
             f"{n} vs {base[0]} slices: time per voxel {per_voxel / base[3]:.2f}x (1.0 = linear), "
             f"peak RSS {peak:.0f} MB vs {base[2]:.0f} MB (target < 4096 MB)"

@@ -8,7 +8,10 @@ depend on the weights, and the body crop keeps the whole length). Each goes thro
 process's peak RSS, the ratio of the time per voxel of the long scan to the short one's (1.0 =
 linear in slices), and the per-stage seconds of ``timings.csv``.
 
-Run: ``.venv/bin/python bench/long_scan.py [--slices 200 1000] [--workdir /tmp/pancreas_seg_long_scan]``
+``--profile`` instead runs the stages of the longest scan in this process and prints the peak RSS of
+each (reset between stages) and the resident memory after it: where the memory goes.
+
+Run: ``.venv/bin/python bench/long_scan.py [--slices 200 1000] [--profile] [--workdir /tmp/pancreas_seg_long_scan]``
 (the workdir holds 0.6 GB of scans; nothing goes into the repository). ``/usr/bin/time -v`` on the
 printed command gives the same peak ("Maximum resident set size").
 """
@@ -62,10 +65,49 @@ def cli_run(scan: Path, ckpt: Path, out: Path, overrides: list[str]) -> tuple[fl
     return wall, usage.ru_maxrss / 1024.0, cmd
 
 
+def profile(scan: Path, ckpt: Path, out: Path, overrides: list[str]) -> None:
+    """Peak and resident memory of each stage of one scan, in this process."""
+    import time
+
+    from pipeline.core.runtime import peak_rss_mb, reset_peak_rss
+    from pipeline.inference.batch import predict_cases
+    from pipeline.inference.loading import load_predictor
+
+    predictor = load_predictor(ckpt, overrides)
+
+    def rss() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    print(f"profile of {scan.name}: stage, seconds, peak RSS during it, RSS after it (MB)", flush=True)
+    item = {"image": str(scan), "case_id": "scan"}
+    steps = [
+        ("load", lambda d: predictor.transform(d, end=1)),
+        ("preprocess", lambda d: predictor.transform(d, start=1)),
+        ("network+stitch", lambda d: (d, predictor.sliding_window(d["image"])[0])),
+        ("invert", lambda d: predictor.postprocess(*d)),
+    ]
+    data: object = item
+    print(f"  {'start':16s} {0:7.1f} s {peak_rss_mb():8.0f} {rss():8.0f}", flush=True)
+    for name, fn in steps:
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        data = fn(data)
+        print(f"  {name:16s} {time.perf_counter() - t0:7.1f} s {peak_rss_mb():8.0f} {rss():8.0f}", flush=True)
+    del data
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    predict_cases(predictor, [{"case_id": "scan", "image": str(scan)}], out, overwrite=True)
+    print(f"  {'whole case':16s} {time.perf_counter() - t0:7.1f} s {peak_rss_mb():8.0f} {rss():8.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--workdir", default="/tmp/pancreas_seg_long_scan")
+    parser.add_argument("--profile", action="store_true", help="memory per stage of the longest scan")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args()
 
@@ -76,6 +118,11 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     _, ckpt = prepare(work)
+    if args.profile:
+        n = max(args.slices)
+        make_scan(work / f"scan_{n}.nii", n)
+        profile(work / f"scan_{n}.nii", ckpt, work / "out_profile", args.set)
+        return
     results = []
     for n in args.slices:
         scan = work / f"scan_{n}.nii"

@@ -73,6 +73,12 @@ class BodyCropd(CropForegroundd):
         return super().__call__(data, lazy=lazy)
 
 
+# Elements of one piece of an output in the 1-D resampling passes: the last pass of a long scan's
+# inversion writes the whole original grid (1 GB of float32 for 512x512x1000), and interpolating it in
+# one go holds three such tensors (both neighbours and the result); in pieces along the axis only one.
+_PIECE_ELEMENTS = 1 << 24
+
+
 def _resample_axis(
     t: torch.Tensor, axis: int, n_out: int, scale: float, offset: float, mode: str, padding: str
 ):
@@ -81,6 +87,22 @@ def _resample_axis(
     coords = torch.arange(n_out, dtype=torch.float64) * scale + offset
     if padding == "border":
         coords = coords.clamp(0, n - 1)  # as grid_sample: outside points take the edge value
+    per_index = t.numel() // max(n, 1)  # elements of one output index along the axis
+    step = max(1, _PIECE_ELEMENTS // max(per_index, 1))
+    if n_out <= step:
+        return _resample_coords(t, axis, coords, mode, padding)
+    shape = list(t.shape)
+    shape[axis + 1] = n_out
+    out = torch.empty(shape, dtype=t.dtype)
+    for start in range(0, n_out, step):  # the same values as one pass: each output index on its own
+        piece = _resample_coords(t, axis, coords[start : start + step], mode, padding)
+        out.narrow(axis + 1, start, piece.shape[axis + 1]).copy_(piece)
+    return out
+
+
+def _resample_coords(t: torch.Tensor, axis: int, coords: torch.Tensor, mode: str, padding: str):
+    """``t`` along dimension ``axis + 1`` at the source coordinates ``coords``."""
+    n = t.shape[axis + 1]
     view = [1] * t.ndim
     view[axis + 1] = -1
 

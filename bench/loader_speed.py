@@ -1,0 +1,124 @@
+"""Benchmark: training patches per second per data-loader worker, and the workers a GPU needs.
+
+Builds the training chain of a config (``configs/default.yaml``, the recommended augmentation, by
+default; ``--config configs/paper.yaml`` for the paper's) and times what one DataLoader worker does
+for each volume it hands out: the random part of the chain (patch sampling at ``data.patch_size``,
+160x160x96 by default, and augmentation) on a volume that is already cached on the canonical grid,
+
+* memory cache (``data.cache: memory``, ``CacheDataset``): the cached volume is in the worker;
+* disk cache (``data.cache: disk``, ``PersistentDataset``): the worker first reads it back from disk
+  (``torch.load`` of the resampled volume, as the trainer does every time).
+
+One worker is one process with one torch thread (as DataLoader workers run), so the rate scales with
+workers until the cores run out. Volumes: synthetic 512x512x200 scans at 0.8x0.8x2.5 mm
+(``pipeline.synthetic.phantom``: a real scan's size, 205x205x250 on the 2 mm grid), written once to the
+work folder. Prints patches/s per worker for each config and cache, the time per random step (the
+profile), and the workers a GPU that takes ``--step-s`` (0.1 s) per batch-2 step needs.
+
+Run: ``.venv/bin/python bench/loader_speed.py [--config default configs/paper.yaml] [--items 8]
+[--step-s 0.1] [--workdir /tmp/pancreas_seg_loader_bench]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def volumes(work: Path, n: int) -> list[dict]:
+    """``n`` labelled full-size phantoms in ``work`` (written once)."""
+    from pipeline.synthetic.phantom import make_phantom, save_phantom
+
+    records = []
+    for i in range(n):
+        image, label = work / f"vol{i}.nii.gz", work / "labels" / f"vol{i}.nii.gz"
+        if not image.exists():
+            save_phantom(make_phantom(i, shape=(512, 512, 200), spacing=(0.8, 0.8, 2.5)), image, label)
+        records.append({"case_id": f"vol{i}", "image": str(image), "label": str(label)})
+    return records
+
+
+def first_random(chain) -> int:
+    from monai.transforms.transform import RandomizableTrait
+
+    return next(i for i, t in enumerate(chain.transforms) if isinstance(t, RandomizableTrait))
+
+
+def measure(cfg_name: str, records: list[dict], work: Path, items: int) -> dict:
+    """Seconds per volume handed out by the trainer's datasets (:func:`transforms.make_dataset`) with
+    a memory and a disk cache, and seconds per random step."""
+    from pipeline.core.config import load_config
+    from transforms import build_train_transforms, make_dataset
+
+    cfg = load_config(None if cfg_name == "default" else cfg_name)
+    chain = build_train_transforms(cfg)
+    k = first_random(chain)
+    out = {
+        "patches": int(cfg.data.samples_per_volume),
+        "patch": "x".join(str(int(v)) for v in cfg.data.patch_size),
+    }
+    for cache in ("memory", "disk"):
+        cfg.data.cache = cache
+        ds = make_dataset(records, chain, cfg, cache_dir=work / f"cache_{Path(cfg_name).stem}")
+        for i in range(len(records)):  # fill the cache (untimed: done once per training run)
+            ds[i]
+        t0 = time.perf_counter()
+        for j in range(items):
+            ds[j % len(records)]
+        out[f"{cache}_s"] = (time.perf_counter() - t0) / items
+    cached = [chain(dict(r), end=k) for r in records]
+    steps: dict[str, float] = defaultdict(float)
+    for j in range(items):  # the random steps one by one, to see which costs
+        data = dict(cached[j % len(cached)])
+        for t in chain.transforms[k:]:
+            s0 = time.perf_counter()
+            data = [t(d) for d in data] if isinstance(data, list) else t(data)
+            steps[type(t).__name__] += time.perf_counter() - s0
+    out["steps"] = {name: s / items for name, s in steps.items()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", nargs="+", default=["default"], help="config names or YAML files")
+    parser.add_argument("--volumes", type=int, default=2)
+    parser.add_argument("--items", type=int, default=8, help="volumes handed out per measurement")
+    parser.add_argument("--step-s", type=float, default=0.1, help="GPU seconds per batch-2 training step")
+    parser.add_argument("--workdir", default="/tmp/pancreas_seg_loader_bench")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)  # as a DataLoader worker
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    records = volumes(work, args.volumes)
+    need = 2.0 / args.step_s
+    print(
+        f"load average {os.getloadavg()[0]:.2f}; a GPU at {args.step_s} s per batch-2 step takes {need:.0f} patches/s"
+    )
+    for name in args.config:
+        if name != "default" and not Path(name).exists():
+            print(f"{name}: not found, skipped")
+            continue
+        r = measure(name, records, work, args.items)
+        print(f"\n{name}: {r['patches']} patches of {r['patch']} per volume")
+        for cache in ("memory", "disk"):
+            rate = r["patches"] / r[f"{cache}_s"]
+            print(
+                f"  {cache} cache: {r[f'{cache}_s']:.3f} s per volume, {rate:.1f} patches/s per worker, "
+                f"{math.ceil(need / rate)} workers for {need:.0f} patches/s"
+            )
+        print("  per random step (s per volume): " + ", ".join(f"{k} {v:.3f}" for k, v in r["steps"].items()))
+
+
+if __name__ == "__main__":
+    main()

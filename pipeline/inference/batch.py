@@ -1,5 +1,6 @@
 """Batches of scans: :func:`predict_cases` predicts every record into a folder, skips finished
-cases, isolates failures, and writes ``timings.csv`` and ``inputs.csv`` (from per-case records,
+cases, isolates failures, overlaps each case's loading and writing with its neighbours' network
+(:mod:`pipeline.inference.overlap`), and writes ``timings.csv`` and ``inputs.csv`` (from per-case records,
 :mod:`pipeline.inference.records`, so a killed run loses no finished case's rows); under
 ``torchrun`` the cases are dealt out by rank. Used by ``pancreas-seg infer`` and cross-validation's
 held-out predictions.
@@ -63,7 +64,10 @@ def predict_cases(
     """Predict every record into ``out_dir``, with a progress bar on a terminal.
 
     A case whose mask exists is skipped unless ``overwrite``; a case that fails is logged and the
-    others still run. Per-case timings (:data:`TIMING_COLUMNS`) are merged into ``out_dir/timings.csv``
+    others still run. With ``infer.workers`` > 0 (by default, on 2 or more cores) background threads
+    load the next case and invert and write the previous one while the network runs on this one:
+    the same masks, records and failures as one case after the other, in less time; a case's
+    ``total_s`` then includes waiting for its turn and ``peak_rss_mb`` the neighbours' steps. Per-case timings (:data:`TIMING_COLUMNS`) are merged into ``out_dir/timings.csv``
     and the scans behind the masks into ``out_dir/inputs.csv`` (for ``pancreas-seg report``); each
     case's rows are on disk (its record) before its mask is, and records a killed run left are
     merged by the next. Under ``torchrun`` each rank predicts every N-th case and writes its records,

@@ -123,7 +123,9 @@ def test_fast_spacing_inverse_matches_monai(mode, padding_mode):
         torch.testing.assert_close(a.as_tensor(), b.as_tensor(), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("mode,padding", [("bilinear", "border"), ("bilinear", "zeros"), ("nearest", "zeros")])
+@pytest.mark.parametrize(
+    "mode,padding", [("bilinear", "border"), ("bilinear", "zeros"), ("nearest", "zeros")]
+)
 def test_resampling_in_pieces_gives_the_same_values(monkeypatch, mode, padding):
     """A long scan's inversion is interpolated in pieces along each axis (to bound its memory): the
     values must be those of one pass, to the bit."""

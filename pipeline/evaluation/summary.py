@@ -25,7 +25,16 @@ from pipeline.evaluation import bootstrap, lesions
 from pipeline.evaluation.metrics import CLASS_METRICS
 from pipeline.evaluation.metrics import IMPLEMENTATION as METRICS_IMPLEMENTATION
 
-__all__ = ["DEFAULT_CLASS", "stats", "per_class", "detection", "implementation", "class_rows", "fmt_ci"]
+__all__ = [
+    "DEFAULT_CLASS",
+    "stats",
+    "per_class",
+    "detection",
+    "implementation",
+    "class_rows",
+    "fmt_ci",
+    "class_lines",
+]
 
 DEFAULT_CLASS = "pancreas"  # the class of a metrics table written before tables had a class column
 
@@ -164,3 +173,35 @@ def fmt_ci(entry: dict, digits: int = 3) -> str:
     if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     return text
+
+
+_SHOWN = (("dice", "Dice"), ("nsd", "NSD"), ("hd95_mm", "HD95 mm"), ("assd_mm", "ASSD mm"))
+
+
+def class_lines(summary: dict) -> list[str]:
+    """One text line per class (means with their intervals) and per detection class, for logs."""
+    level = summary.get("bootstrap", {}).get("level", 0.95)
+    lines = []
+    for name, block in summary.get("per_class", {}).items():
+        m = block["metrics"]
+        cells = [
+            f"{label} {fmt_ci(m[key], 2 if key.endswith('_mm') else 3)}" for key, label in _SHOWN if key in m
+        ]
+        lines.append(f"{name} ({block['n_cases']} cases, mean [{level:.0%} CI]): " + ", ".join(cells))
+    for name, det in summary.get("detection", {}).items():
+        c, les = det["case_level"], det["lesion_level"]
+        sens = (
+            "n/a"
+            if c["sensitivity"] is None
+            else f"{c['sensitivity']:.3f} ({c['detected']}/{c['positives']})"
+        )
+        spec = (
+            "n/a"
+            if c["specificity"] is None
+            else f"{c['specificity']:.3f} ({c['true_negatives']}/{c['negatives']})"
+        )
+        lines.append(
+            f"{name} detection: case sensitivity {sens}, specificity {spec}; "
+            f"lesions TP {les['tp']} FP {les['fp']} FN {les['fn']}"
+        )
+    return lines

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "own grid; one row per case and class. The classes are the config's (data.class_names, "
         "model.out_channels; default pancreas only, where any non-zero voxel counts). Tumour classes "
         "(eval.detection_classes) also get lesion counts, and FROC counts when probability files lie "
-        "beside the masks. The summary (OUT with .json) gives every mean with its 95 %% bootstrap "
+        "beside the masks. The summary (OUT with .json) gives every mean with its 95 % bootstrap "
         "interval over subjects. Predictions are matched by case_id (PRED/<case_id>.<ext>).",
     )
     p.add_argument("--pred", required=True, help="folder of predicted masks")

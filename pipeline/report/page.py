@@ -153,7 +153,9 @@ def summary_table(summary: dict, metrics: Sequence[str]) -> str:
         (f"fold {k}", v) for k, v in sorted(summary.get("per_fold", {}).items(), key=lambda kv: int(kv[0]))
     ]
     groups.append(("all", summary.get("foreground_mean", {})))
-    counts = pd.Series([c.get("fold") for c in summary.get("metric_per_case", [])]).value_counts()
+    # cases per fold: a case has one row per class
+    per_case = {c.get("case_id", i): c.get("fold") for i, c in enumerate(summary.get("metric_per_case", []))}
+    counts = pd.Series(list(per_case.values())).value_counts()
     for name, stats in groups:
         n = (
             int(counts.get(int(name.split()[1]), 0))

@@ -47,3 +47,8 @@ def test_summary_table_puts_the_interval_under_each_mean():
     assert f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]" in html
     old = {"foreground_mean": {"dice": {"mean": 0.8, "std": 0.1, "median": 0.8}}, "per_fold": {}}
     assert "[" not in summary_table(old, ["dice"])  # no interval in old summaries: none shown
+
+
+def test_summary_table_counts_cases_not_class_rows():
+    html = summary_table(_summary(), METRICS)
+    assert "<td>fold 0</td><td>3</td>" in html.replace('<td class="t">', "<td>")

@@ -59,7 +59,11 @@ def match_lesions(pred: np.ndarray, label: np.ndarray) -> dict:
     """
     if np.shape(pred) != np.shape(label):
         raise ValueError(f"prediction shape {np.shape(pred)} differs from label shape {np.shape(label)}")
-    ref, n_ref = _components(label)
+    return _match(*_components(label), pred)
+
+
+def _match(ref: np.ndarray, n_ref: int, pred: np.ndarray) -> dict:
+    """:func:`match_lesions` with the reference's components already labelled (FROC reuses them)."""
     hyp, n_hyp = _components(pred)
     both = (ref > 0) & (hyp > 0)
     found = np.unique(ref[both]).size  # reference lesions touched by a prediction
@@ -88,10 +92,18 @@ def froc_counts(probability: np.ndarray, label: np.ndarray, thresholds: Sequence
 
     Returns:
         ``{"froc_tp@t": n, "froc_fp@t": n, ...}`` (the columns of :func:`froc_columns`).
+
+    Raises:
+        ValueError: the shapes differ.
     """
+    if np.shape(probability) != np.shape(label):
+        raise ValueError(
+            f"probability shape {np.shape(probability)} differs from label shape {np.shape(label)}"
+        )
+    ref, n_ref = _components(label)  # once for all thresholds
     out = {}
     for t in thresholds:
-        m = match_lesions(np.asarray(probability) >= float(t), label)
+        m = _match(ref, n_ref, np.asarray(probability) >= float(t))
         out[f"froc_tp@{t:g}"], out[f"froc_fp@{t:g}"] = m["lesion_tp"], m["lesion_fp"]
     return out
 

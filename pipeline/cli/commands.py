@@ -277,29 +277,32 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a folder of predictions."""
+    from pipeline.core.label_map import class_names
     from pipeline.data.manifest import case_records, read_manifest
     from pipeline.evaluation.evaluate import evaluate_cases, summarize, write_summary, write_table
     from pipeline.inference.writers import output_path
+    from pipeline.workflows.cv import probability_files
 
+    cfg = _config(args, fingerprint=False)
+    classes = class_names(cfg)
     df = read_manifest(args.manifest, require_labels=True)
     pairs, missing = [], []
     for r in case_records(df):
         pred = output_path(args.pred, r["case_id"], r["image"])
         if pred.exists():
-            pairs.append({**r, "pred": pred})
+            pairs.append({**r, "pred": pred, "probabilities": probability_files(args.pred, r, classes)})
         else:
             missing.append(r["case_id"])
     if not pairs:
         raise ManifestError(f"{args.pred}: no predictions found for the cases of {args.manifest}")
     if missing:
         log.warning("warning: no prediction for %d case(s): %s", len(missing), ", ".join(missing[:10]))
-    table = evaluate_cases(pairs)
+    table = evaluate_cases(pairs, classes, cfg.eval)
     out = Path(args.out) if args.out else OutputLayout(args.pred).metrics
     write_table(table, out)
-    write_summary(summarize(table), out.with_suffix(".json"))
-    log.info(
-        "%s\nwrote %s", table[["case_id", "dice", "hd95_mm", "assd_mm", "flag"]].to_string(index=False), out
-    )
+    write_summary(summarize(table, cfg.eval), out.with_suffix(".json"))
+    cols = ["case_id", "class", "dice", "nsd", "hd95_mm", "assd_mm", "flag"]
+    log.info("%s\nwrote %s", table[cols].to_string(index=False), out)
     return 0
 
 

@@ -225,12 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="per-case metrics of predicted masks against manifest labels",
-        description="Dice, IoU, precision, recall, HD95 and average symmetric surface distance (mm) per "
-        "case, on each label's own grid. Predictions are matched by case_id (PRED/<case_id>.<ext>).",
+        description="Dice, IoU, precision, recall, HD95, average symmetric surface distance (mm) and "
+        "normalised surface Dice (eval.nsd_tolerance_mm, default 2 mm) per case and class, on each label's "
+        "own grid; one row per case and class. The classes are the config's (data.class_names, "
+        "model.out_channels; default pancreas only, where any non-zero voxel counts). Tumour classes "
+        "(eval.detection_classes) also get lesion counts, and FROC counts when probability files lie "
+        "beside the masks. The summary (OUT with .json) gives every mean with its 95 % bootstrap "
+        "interval over subjects. Predictions are matched by case_id (PRED/<case_id>.<ext>).",
     )
     p.add_argument("--pred", required=True, help="folder of predicted masks")
     p.add_argument("--manifest", required=True, help="manifest CSV with labels")
     p.add_argument("--out", default=None, help="metrics CSV to write (default PRED/metrics.csv)")
+    _add_config_args(p)
     p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser(

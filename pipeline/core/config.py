@@ -33,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "InferConfig",
     "PerfConfig",
+    "EvalConfig",
     "Config",
     "CONFIG_DIR",
     "load_config",
@@ -180,6 +181,22 @@ class PerfConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Metrics and their confidence intervals (``evaluate``, ``cv``, ``compare``, ``report``)."""
+
+    nsd_tolerance_mm: float = 2.0  # normalised surface Dice: surface within this distance counts as agreeing
+    bootstrap_resamples: int = 2000  # percentile bootstrap over subjects (all scans of a patient together)
+    bootstrap_seed: int = 0
+    ci_level: float = 0.95  # two-sided coverage of every interval
+    detection_classes: list[str] = field(
+        default_factory=lambda: ["tumour"]
+    )  # lesion-level detection for these
+    froc_thresholds: list[float] = field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    )
+
+
+@dataclass
 class Config:
     """The whole pipeline config. ``Config()`` is the paper's settings."""
 
@@ -188,6 +205,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _finish(cfg: Config, fingerprint: bool = True) -> Config:

@@ -77,6 +77,7 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "train.val_interval",
             "train.checkpoint_interval",
             "infer.sw_batch_size",
+            "eval.bootstrap_resamples",
         ),
         lambda v: v >= 1,
         ">= 1",
@@ -96,12 +97,14 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "train.seed",
             "infer.cpu_stitch_voxels",
             "perf.threads",
+            "eval.bootstrap_seed",
         ),
         lambda v: v >= 0,
         ">= 0",
     ),
     (("infer.workers",), lambda v: v >= -1, ">= -1 (-1: chosen by core count, 0: serial)"),
-    (("train.lr", "train.lr_gamma"), lambda v: v > 0, "> 0"),
+    (("train.lr", "train.lr_gamma", "eval.nsd_tolerance_mm"), lambda v: v > 0, "> 0"),
+    (("eval.ci_level",), lambda v: 0 < v < 1, "in (0, 1)"),
     (
         (
             "data.pos_fraction",
@@ -188,6 +191,14 @@ def _check_lists(cfg: Config) -> None:
         )
 
 
+def _check_eval(cfg: Config) -> None:
+    """Detection class names and FROC probability thresholds."""
+    names = cfg.eval.detection_classes
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise _fail("eval.detection_classes", names, "expected a list of class names, e.g. [tumour]")
+    _check_list(cfg, "eval.froc_thresholds", None, lambda v: 0 < v < 1, "probabilities in (0, 1)")
+
+
 def _check_strings(cfg: Config) -> None:
     """Orientation, device and tracking URI."""
     code = str(cfg.data.orientation).upper()
@@ -254,6 +265,7 @@ def check_config(cfg: Config, fingerprint: bool = True) -> Config:
     _check_spatial(cfg)
     _check_lists(cfg)
     _check_strings(cfg)
+    _check_eval(cfg)
     if fingerprint:
         _check_fingerprint_values(cfg)
     return cfg

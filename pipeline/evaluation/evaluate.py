@@ -1,35 +1,39 @@
 """Per-case metrics on the original grid, and nnU-Net-style summaries.
 
-Metrics (from ``monai.metrics``, foreground class only): Dice, IoU, precision, recall, the 95th
-percentile Hausdorff distance and the average symmetric surface distance, both in mm using the
-grid's spacing (the paper's "surface distance").
+Metrics (from ``monai.metrics``, per foreground class, see :mod:`pipeline.evaluation.metrics`):
+Dice, IoU, precision, recall, the 95th percentile Hausdorff distance, the average symmetric
+surface distance (the paper's "surface distance"), both in mm using the grid's spacing, and the
+normalised surface Dice at ``eval.nsd_tolerance_mm``. A metrics table has one row per case and
+class (``class`` = the class name); with one class it is the binary pipeline's table, plus ``nsd``.
 
 Empty masks never give a silent NaN. The ``flag`` column says what happened and the values are
-defined as follows:
+defined as follows (per class):
 
-* ``both_empty``: Dice, IoU, precision and recall 1; distances 0.
-* ``empty_pred`` (label has pancreas, prediction none): Dice, IoU, recall 0, precision 1 (no
+* ``both_empty``: Dice, IoU, precision, recall, NSD 1; distances 0.
+* ``empty_pred`` (label has the class, prediction none): Dice, IoU, recall, NSD 0, precision 1 (no
   false positives); distances = the grid's diagonal in mm (the worst possible).
-* ``empty_label`` (prediction has pancreas, label none): Dice, IoU, precision 0, recall 1;
+* ``empty_label`` (prediction has the class, label none): Dice, IoU, precision, NSD 0, recall 1;
   distances = the grid's diagonal in mm.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from pipeline.core.config import EvalConfig
 from pipeline.core.errors import ImageError, ManifestError, writing
 from pipeline.core.fileio import atomic_write
 from pipeline.core.geometry import spacing_from_affine
 from pipeline.core.layout import RunLayout
+from pipeline.evaluation import summary as class_summary
+from pipeline.evaluation.cases import case_rows
+from pipeline.evaluation.metrics import CLASS_METRICS, binary_metrics
 from transforms import MapLabelsd
 from transforms.io import load_volume
 
@@ -46,22 +50,21 @@ __all__ = [
     "join_fold_timings",
 ]
 
-METRICS = ("dice", "iou", "precision", "recall", "hd95_mm", "assd_mm")
-_COLUMNS = ("case_id", "fold", *METRICS, "pred_voxels", "label_voxels", "flag")  # of a metrics table
+METRICS = CLASS_METRICS  # dice, iou, precision, recall, hd95_mm, assd_mm, nsd
+# of a metrics table; detection classes add pipeline.evaluation.lesions.LESION_COLUMNS (and FROC counts)
+_COLUMNS = ("case_id", "subject_id", "fold", "class", *METRICS, "pred_voxels", "label_voxels", "flag")
 
 
-def _onehot(mask: np.ndarray) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(mask) > 0)
-    return torch.stack([~t, t])[None].float()  # (1, 2, *spatial)
-
-
-def case_metrics(pred: np.ndarray, label: np.ndarray, spacing: Sequence[float]) -> dict:
+def case_metrics(
+    pred: np.ndarray, label: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 2.0
+) -> dict:
     """Metrics of one binary prediction against its label on the same grid.
 
     Args:
         pred: prediction, non-zero = pancreas.
         label: reference, non-zero = pancreas, same shape as ``pred``.
         spacing: voxel size in mm per axis of the arrays.
+        tolerance_mm: the NSD tolerance.
 
     Returns:
         dict with the keys of :data:`METRICS`, ``pred_voxels``, ``label_voxels``, ``flag``.
@@ -69,56 +72,7 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing: Sequence[float]) 
     Raises:
         ValueError: the shapes differ.
     """
-    from monai.metrics import (
-        compute_average_surface_distance,
-        compute_confusion_matrix_metric,
-        compute_dice,
-        compute_hausdorff_distance,
-        compute_iou,
-        get_confusion_matrix,
-    )
-
-    pred = np.asarray(pred) > 0
-    label = np.asarray(label) > 0
-    if pred.shape != label.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
-    n_pred, n_label = int(pred.sum()), int(label.sum())
-    out: dict = {"pred_voxels": n_pred, "label_voxels": n_label, "flag": ""}
-    worst = float(math.sqrt(sum((s * float(sp)) ** 2 for s, sp in zip(pred.shape, spacing))))
-    if n_pred == 0 and n_label == 0:
-        out.update(dice=1.0, iou=1.0, precision=1.0, recall=1.0, hd95_mm=0.0, assd_mm=0.0, flag="both_empty")
-        return out
-    if n_pred == 0 or n_label == 0:
-        flag = "empty_pred" if n_pred == 0 else "empty_label"
-        out.update(
-            dice=0.0,
-            iou=0.0,
-            precision=1.0 if n_pred == 0 else 0.0,
-            recall=1.0 if n_label == 0 else 0.0,
-            hd95_mm=worst,
-            assd_mm=worst,
-            flag=flag,
-        )
-        return out
-    # Crop to the union's bounding box (+1 voxel): distances and overlaps are unchanged, work is not.
-    idx = np.argwhere(pred | label)
-    lo = np.maximum(idx.min(0) - 1, 0)
-    hi = np.minimum(idx.max(0) + 2, pred.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    p, y = _onehot(pred[box]), _onehot(label[box])
-    sp = [float(s) for s in spacing]
-    cm = get_confusion_matrix(p, y, include_background=False)
-    out.update(
-        dice=float(compute_dice(p, y, include_background=False)),
-        iou=float(compute_iou(p, y, include_background=False)),
-        precision=float(compute_confusion_matrix_metric("precision", cm)),
-        recall=float(compute_confusion_matrix_metric("sensitivity", cm)),
-        hd95_mm=float(compute_hausdorff_distance(p, y, include_background=False, percentile=95, spacing=sp)),
-        assd_mm=float(
-            compute_average_surface_distance(p, y, include_background=False, symmetric=True, spacing=sp)
-        ),
-    )
-    return out
+    return binary_metrics(pred, label, spacing, tolerance_mm)
 
 
 def load_mask_pair(pred_path: str | os.PathLike, label_path: str | os.PathLike, label_map: str = ""):
@@ -154,38 +108,53 @@ def load_mask_pair(pred_path: str | os.PathLike, label_path: str | os.PathLike, 
     return np.asarray(pred[0]), lab, spacing
 
 
-def evaluate_cases(pairs: Sequence[dict]) -> pd.DataFrame:
-    """Evaluate ``[{"case_id", "pred", "label", "fold"?, "label_map"?}, ...]`` into a per-case table."""
+def evaluate_cases(
+    pairs: Sequence[dict], classes: Mapping[int, str] | None = None, settings: EvalConfig | None = None
+) -> pd.DataFrame:
+    """Evaluate ``[{"case_id", "pred", "label", "fold"?, "subject_id"?, "label_map"?, "probabilities"?}, ...]``.
+
+    Args:
+        pairs: the cases; ``probabilities`` is ``{class value: file}`` (FROC of detection classes).
+        classes: ``{class value: name}`` (:func:`pipeline.core.label_map.class_names`); None: pancreas only.
+        settings: the ``eval`` settings (NSD tolerance, detection classes); None: the defaults.
+
+    Returns:
+        One row per case and class (the columns of the module's table, plus lesion columns for
+        detection classes).
+    """
+    classes = dict(classes or {1: class_summary.DEFAULT_CLASS})
     rows = []
     for item in pairs:
         pred, label, spacing = load_mask_pair(item["pred"], item["label"], item.get("label_map", "") or "")
-        row = {"case_id": item["case_id"], "fold": item.get("fold", -1)}
-        row.update(case_metrics(pred, label, spacing))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=list(_COLUMNS))
+        case = {"case_id": item["case_id"], "subject_id": item.get("subject_id") or item["case_id"]}
+        case["fold"] = item.get("fold", -1)
+        for row in case_rows(pred, label, spacing, classes, settings, item.get("probabilities")):
+            rows.append({**case, **row})
+    df = pd.DataFrame(rows)
+    return df.reindex(columns=[*_COLUMNS, *(c for c in df.columns if c not in _COLUMNS)])
 
 
-def _stats(df: pd.DataFrame) -> dict:
-    return {
-        m: {
-            "mean": float(df[m].mean()),
-            "std": float(df[m].std(ddof=0)),
-            "median": float(df[m].median()),
-        }
-        for m in METRICS
-        if len(df)
-    }
+def _stats(df: pd.DataFrame, settings: EvalConfig | None = None) -> dict:
+    return class_summary.stats(df, settings, METRICS)
 
 
-def summarize(df: pd.DataFrame) -> dict:
-    """nnU-Net-like summary: per-case metrics, and mean/std/median per metric overall and per fold."""
-    per_fold = {str(int(k)): _stats(g) for k, g in df.groupby("fold")} if "fold" in df else {}
+def summarize(df: pd.DataFrame, settings: EvalConfig | None = None) -> dict:
+    """nnU-Net-like summary: per-case metrics, mean/std/median with a bootstrap interval per metric
+    overall and per fold, plus per-class blocks, tumour detection and the implementation used
+    (:mod:`pipeline.evaluation.summary`)."""
+    per_fold = {str(int(k)): _stats(g, settings) for k, g in df.groupby("fold")} if "fold" in df else {}
+    subjects_known = "subject_id" in df and bool(
+        (df["subject_id"].astype(str) != df["case_id"].astype(str)).any()
+    )
     return {
         "metric_per_case": json.loads(df.to_json(orient="records")),
-        "foreground_mean": _stats(df),
+        "foreground_mean": _stats(df, settings),
         "per_fold": per_fold,
-        "n_cases": int(len(df)),
+        "n_cases": int(df["case_id"].nunique()) if "case_id" in df else int(len(df)),
         "flags": {k: int(v) for k, v in df["flag"].value_counts().items() if k},
+        "per_class": class_summary.per_class(df, settings),
+        "detection": class_summary.detection(df, settings),
+        **class_summary.implementation(settings, subjects_known),
     }
 
 
@@ -215,7 +184,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     Returns:
         The per-case table (a ``flag`` column of ``""`` is added when the file has none).
     """
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"case_id": str})
+    text = {"case_id": str, "subject_id": str, "class": str}
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text)
     df["flag"] = df["flag"].fillna("") if "flag" in df else ""
     return df
 

@@ -22,6 +22,7 @@ __all__ = [
     "page",
     "table",
     "summary_table",
+    "ci_text",
     "figure",
     "section",
     "legend",
@@ -135,15 +136,26 @@ def table(
     )
 
 
+def ci_text(stats: dict) -> str:
+    """`` [low, high]`` of a mean's bootstrap interval, as small text; empty for summaries without one."""
+    lo, hi = stats.get("ci_low"), stats.get("ci_high")
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    return f"<br><small>[{fmt(lo)}, {fmt(hi)}]</small>"
+
+
 def summary_table(summary: dict, metrics: Sequence[str]) -> str:
-    """Mean ± std (median) per metric, one row per fold and one for all cases, from ``cv_summary.json``."""
+    """Mean ± std [bootstrap interval] (median) per metric, one row per fold and one for all cases,
+    from ``cv_summary.json``."""
     head = "".join(f"<th>{esc(m)}</th>" for m in metrics)
     rows = []
     groups = [
         (f"fold {k}", v) for k, v in sorted(summary.get("per_fold", {}).items(), key=lambda kv: int(kv[0]))
     ]
     groups.append(("all", summary.get("foreground_mean", {})))
-    counts = pd.Series([c.get("fold") for c in summary.get("metric_per_case", [])]).value_counts()
+    # cases per fold: a case has one row per class
+    per_case = {c.get("case_id", i): c.get("fold") for i, c in enumerate(summary.get("metric_per_case", []))}
+    counts = pd.Series(list(per_case.values())).value_counts()
     for name, stats in groups:
         n = (
             int(counts.get(int(name.split()[1]), 0))
@@ -154,7 +166,7 @@ def summary_table(summary: dict, metrics: Sequence[str]) -> str:
         for m in metrics:
             s = stats.get(m)
             cells.append(
-                f"<td>{fmt(s['mean'])} ± {fmt(s['std'])}<br><small>median {fmt(s['median'])}</small></td>"
+                f"<td>{fmt(s['mean'])} ± {fmt(s['std'])}{ci_text(s)}<br><small>median {fmt(s['median'])}</small></td>"
                 if s
                 else "<td></td>"
             )

@@ -39,6 +39,7 @@ from pipeline.evaluation.evaluate import METRICS, join_fold_timings, read_fold_m
 from pipeline.inference.loading import load_network
 from pipeline.inference.writers import MASK_EXTENSIONS, PROBABILITY_TAG, output_path
 from pipeline.report.cases import load_case, write_attention_views, write_case_views
+from pipeline.report.classes import class_table
 from pipeline.report.figures import colorbar_png, plot_curves
 from pipeline.report.page import (
     attention_block,
@@ -180,12 +181,14 @@ def _cv_tables(
     )
     body = [f"<h1>Cross-validation report: {esc(run.resolve().name)}</h1>", f'<p class="meta">{info}</p>']
     body.append(section("Summary", "summary", summary_table(summary, METRICS)))
+    if "class" in metrics and summary.get("per_class"):
+        body.append(section("Per class", "classes", class_table(summary, METRICS)))
     logs = {f"fold {f.k}": pd.read_csv(f.log) for f in RunLayout(run).folds() if f.log.exists()}
     if logs:
         plot_curves(logs, tmp / "curves.png")
         body.append(section("Training curves", "curves", figure(report_link("curves.png"), alt="curves")))
     extra = ("label_voxels", "pred_voxels", "infer_s", "flag")
-    cols = [c for c in ("case_id", "fold", *METRICS, *extra) if c in metrics]
+    cols = [c for c in ("case_id", "fold", "class", *METRICS, *extra) if c in metrics]
     note = (
         ""
         if has_scans
@@ -213,7 +216,7 @@ def _cv_body(run: Path, records: dict, source: str, max_cases: int, tmp: Path) -
 
     cfg, prov = _run_config(run)
     metrics = _cv_metrics(run)
-    shown = metrics.head(max_cases)
+    shown = metrics.drop_duplicates("case_id").head(max_cases)  # a case's worst class decides
     links = {c: "#" + _anchor(c) for c in shown["case_id"] if c in records}
     body = _cv_tables(run, cfg, prov, metrics, links, bool(records), tmp)
     gated = cfg.model.name != "unet"

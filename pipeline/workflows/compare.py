@@ -4,9 +4,11 @@ Both networks are cross-validated with the same manifest, folds, seeds and sched
 config, with only ``model.name`` changed) into ``OUT/attention_unet`` and ``OUT/unet``; each is an
 ordinary CV run folder, so a killed comparison resumes (finished folds are skipped) and
 ``pancreas-seg report OUT/unet`` works on it. Then ``OUT/compare.csv`` and ``OUT/compare.md`` hold
-one row per network: Dice, precision, recall, average symmetric surface distance and HD95 as mean
-± std over the held-out cases, the parameter count and the inference time per scan, followed by a
-Wilcoxon signed-rank test of the per-case Dice difference (paired by case).
+one row per network and class: Dice, precision, recall, average symmetric surface distance and HD95
+as mean ± std over the held-out cases with the mean's 95 % bootstrap interval (subjects resampled,
+``eval.*``), the parameter count and the inference time per scan, followed for each class by the
+paired per-case Dice difference (matched by case_id) with its bootstrap interval and a Wilcoxon
+signed-rank test.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from pipeline.core.errors import ManifestError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.core.layout import RunLayout
 from pipeline.data.manifest import read_manifest
+from pipeline.evaluation.bootstrap import mean_ci
 from pipeline.evaluation.evaluate import join_fold_timings, read_fold_metrics
+from pipeline.evaluation.summary import DEFAULT_CLASS, class_rows, fmt_ci, stats
 from pipeline.workflows.cv import run_cv
 
 __all__ = ["NETWORKS", "COMPARE_METRICS", "run_compare", "compare_runs", "paired_test", "format_markdown"]
@@ -130,35 +134,74 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
     return out
 
 
+def _subjects(df: pd.DataFrame) -> pd.Series:
+    """Each case's subject (its case when the table predates subject_id), by case_id."""
+    subj = df["subject_id"].astype(str) if "subject_id" in df else df["case_id"].astype(str)
+    subj = subj.where(~subj.isin(["", "nan", "None"]), df["case_id"].astype(str))
+    return pd.Series(subj.to_numpy(), index=df["case_id"].astype(str).to_numpy())
+
+
 def compare_runs(
     runs: dict[str, Path], folds: Sequence[int] | None, cfg: Config
 ) -> tuple[pd.DataFrame, dict]:
-    """The comparison table (one row per network) and the paired test on per-case Dice.
+    """The comparison table (one row per network and class) and the paired tests on per-case Dice.
 
     Args:
         runs: ``{model name: CV run folder}``; the first two are paired (first minus second).
         folds: the folds to use (default: every finished fold).
-        cfg: the shared config, for the parameter counts.
+        cfg: the shared config, for the parameter counts and the bootstrap settings (``eval``).
+
+    Returns:
+        ``(table, test)``: ``test`` is the first class's paired test (``a``, ``b``, ``metric``, the
+        keys of :func:`paired_test`, ``ci_low``/``ci_high`` of the mean difference) with every
+        class's under ``per_class``.
     """
     tables = {name: _fold_tables(Path(run), folds, name) for name, run in runs.items()}
     common = set.intersection(*(set(t["case_id"]) for t in tables.values()))
-    rows = []
-    for name, df in tables.items():
-        df = df[df["case_id"].isin(common)]
+    e = cfg.eval
+    rows, params = [], {}
+    for name in tables:
         net_cfg = copy.deepcopy(cfg)
         net_cfg.model.name = name
-        row = {"network": name, "cases": len(df)}
-        for m in COMPARE_METRICS:
-            row[f"{m}_mean"] = float(df[m].mean())
-            row[f"{m}_std"] = float(df[m].std(ddof=0))  # as cv_summary.json
-        row["parameters"] = count_parameters(build_model(net_cfg.model))
-        row["infer_s_per_scan"] = float(df["infer_s"].mean())
-        rows.append(row)
+        params[name] = count_parameters(build_model(net_cfg.model))
+    per_network = {name: class_rows(df[df["case_id"].isin(common)]) for name, df in tables.items()}
+    classes = list(dict.fromkeys(c for by_class in per_network.values() for c in by_class))
+    for cls in classes:
+        for name, by_class in per_network.items():
+            df = by_class.get(cls, pd.DataFrame(columns=tables[name].columns))
+            row = {"network": name, "class": cls, "cases": len(df)}
+            summary = stats(df, e, COMPARE_METRICS)
+            for m in COMPARE_METRICS:
+                got = summary.get(m, {})
+                row[f"{m}_mean"] = got.get("mean", math.nan)
+                row[f"{m}_std"] = got.get("std", math.nan)  # ddof=0, as cv_summary.json
+                row[f"{m}_ci_low"] = got.get("ci_low", math.nan)
+                row[f"{m}_ci_high"] = got.get("ci_high", math.nan)
+            row["parameters"] = params[name]
+            row["infer_s_per_scan"] = float(df["infer_s"].mean()) if len(df) else math.nan
+            rows.append(row)
     first, second = list(tables)[:2]
-    a = tables[first].set_index("case_id").loc[sorted(common), "dice"]
-    b = tables[second].set_index("case_id").loc[sorted(common), "dice"]
-    test = {"a": first, "b": second, "metric": "dice", **paired_test(a.to_numpy(), b.to_numpy())}
-    return pd.DataFrame(rows), test
+    tests = {}
+    for cls in classes:
+        a_df, b_df = (per_network[n].get(cls) for n in (first, second))
+        if a_df is None or b_df is None:
+            continue
+        ids = sorted(set(a_df["case_id"]) & set(b_df["case_id"]))
+        a = a_df.set_index("case_id").loc[ids, "dice"].to_numpy(dtype=float)
+        b = b_df.set_index("case_id").loc[ids, "dice"].to_numpy(dtype=float)
+        low, high = mean_ci(
+            a - b, _subjects(a_df).loc[ids].to_numpy(), e.bootstrap_resamples, e.bootstrap_seed, e.ci_level
+        )
+        tests[cls] = {
+            "a": first,
+            "b": second,
+            "metric": "dice",
+            **paired_test(a, b),
+            "ci_low": low,
+            "ci_high": high,
+        }
+    head = tests.get(DEFAULT_CLASS) or next(iter(tests.values()))
+    return pd.DataFrame(rows), {**head, "level": float(e.ci_level), "per_class": tests}
 
 
 def format_markdown(table: pd.DataFrame, test: dict, cfg: Config, folds: Sequence[int] | None) -> str:
@@ -174,34 +217,43 @@ def format_markdown(table: pd.DataFrame, test: dict, cfg: Config, folds: Sequenc
         "parameters",
         "inference s/scan",
     ]
+    many = table["class"].nunique() > 1 if "class" in table else False
+    head = head[:1] + ["class"] + head[1:] if many else head
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.to_dict("records"):
-        cells = [r["network"], str(r["cases"])]
+        cells = [r["network"], *([r["class"]] if many else []), str(r["cases"])]
         for m in COMPARE_METRICS:
             digits = 3 if not m.endswith("_mm") else 2
-            cells.append(f"{r[m + '_mean']:.{digits}f} ± {r[m + '_std']:.{digits}f}")
+            entry = {"mean": r[m + "_mean"], "ci_low": r.get(m + "_ci_low"), "ci_high": r.get(m + "_ci_high")}
+            cells.append(f"{fmt_ci(entry, digits)} ± {r[m + '_std']:.{digits}f}")
         cells += [
             f"{int(r['parameters']):,}",
             f"{r['infer_s_per_scan']:.3f}" if np.isfinite(r["infer_s_per_scan"]) else "n/a",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    p = test["p"]
-    p_text = "not computed" if not np.isfinite(p) else f"p = {p:.4g}"
-    lines += [
-        "",
-        f"Paired Wilcoxon signed-rank test, per-case Dice, {test['a']} − {test['b']} over {test['n']} cases: "
-        f"mean difference {test['mean_diff']:+.4f}, median {test['median_diff']:+.4f}, "
-        f"{test['a']} better in {test['wins']}, worse in {test['losses']}; {p_text} (two-sided).",
-    ]
-    if test["note"]:
-        lines.append(f"Note: {test['note']}.")
+    lines.append("")
+    level = test.get("level", 0.95)
+    for cls, t in (test.get("per_class") or {"": test}).items():
+        p = t["p"]
+        p_text = "not computed" if not np.isfinite(p) else f"p = {p:.4g}"
+        lo, hi = t.get("ci_low", math.nan), t.get("ci_high", math.nan)
+        ci_text = f" [{level:.0%} CI {lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+        lines.append(
+            f"Paired difference, per-case Dice{' of ' + cls if cls else ''}, {t['a']} − {t['b']} over {t['n']} cases: "
+            f"mean {t['mean_diff']:+.4f}{ci_text}, median {t['median_diff']:+.4f}, "
+            f"{t['a']} better in {t['wins']}, worse in {t['losses']}; Wilcoxon signed-rank {p_text} (two-sided)."
+        )
+        if t["note"]:
+            lines.append(f"Note: {t['note']}.")
     t = cfg.train
     lines += [
         "",
         f"Folds {', '.join(str(k) for k in folds) if folds else 'all'}; the same manifest, folds, seed ({t.seed}) and "
         f"schedule for both ({t.epochs} epochs, {t.optimizer} lr {t.lr:g}, {t.lr_schedule} schedule, batch {t.batch_size}); "
         f"patch {cfg.data.patch_size}, spacing {cfg.data.target_spacing} mm, channels {cfg.model.channels}. "
-        "Mean ± std over held-out cases (std with ddof=0, as cv_summary.json); inference time is the mean of "
+        f"Mean [{level:.0%} bootstrap interval of the mean: {cfg.eval.bootstrap_resamples} resamples of subjects, "
+        f"seed {cfg.eval.bootstrap_seed}] ± std over held-out cases (std with ddof=0, as cv_summary.json); "
+        "inference time is the mean of "
         "total_s in the folds' predictions/timings.csv (load, preprocess, sliding window, invert, save).",
         "",
         "Paper (Oktay et al. 2018, CT-150, 120 train / 30 test): U-Net Dice 0.814 ± 0.116, surface distance "

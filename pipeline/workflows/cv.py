@@ -11,7 +11,8 @@ Run folder (the contract between the stages, README.md "Run folder"; the names c
     <run>/fold_<k>/metrics.csv        per-case metrics of the fold
     <run>/fold_<k>/DONE               the fold is complete; a re-run skips it
     <run>/cv_metrics.csv              all cases
-    <run>/cv_summary.json             mean/std/median per metric, per fold and overall
+    <run>/cv_summary.json             mean/std/median and 95 % bootstrap interval per metric, per fold,
+                                      overall and per class; tumour detection; the metric implementation
 
 A killed ``cv`` re-run with the same arguments skips folds with ``DONE`` and resumes the fold in
 progress from its newest checkpoint.
@@ -35,9 +36,10 @@ import pandas as pd
 import yaml
 
 from pipeline.core import distributed as dist
-from pipeline.core.config import Config, config_to_dict, save_run_config
+from pipeline.core.config import Config, EvalConfig, config_to_dict, save_run_config
 from pipeline.core.errors import BusyError, ConfigError, ManifestError
 from pipeline.core.fileio import atomic_write_text
+from pipeline.core.label_map import class_names
 from pipeline.core.layout import FoldLayout, RunLayout
 from pipeline.data.manifest import case_records, read_manifest, write_manifest
 from pipeline.evaluation.evaluate import (
@@ -47,13 +49,22 @@ from pipeline.evaluation.evaluate import (
     write_summary,
     write_table,
 )
+from pipeline.evaluation.summary import class_lines
 from pipeline.inference.batch import predict_cases
 from pipeline.inference.loading import load_network
 from pipeline.inference.predictor import Predictor
-from pipeline.inference.writers import output_path
+from pipeline.inference.writers import PROBABILITY_TAG, output_path
 from pipeline.training.train import split_records, train_fold
 
-__all__ = ["prepare_run_dir", "claim_fold", "run_fold", "aggregate", "run_cv", "format_summary"]
+__all__ = [
+    "prepare_run_dir",
+    "claim_fold",
+    "run_fold",
+    "aggregate",
+    "run_cv",
+    "format_summary",
+    "probability_files",
+]
 
 log = logging.getLogger("pancreas_seg")
 # Sections that change what a fold computes; a run folder must not mix two of them.
@@ -138,6 +149,27 @@ def claim_fold(fold_dir: Path) -> Iterator[None]:
         yield
 
 
+def probability_files(pred_dir: str | os.PathLike, record: dict, classes: dict[int, str]) -> dict[int, Path]:
+    """The class probability files that inference writes beside a case's mask (``--probabilities``).
+
+    Args:
+        pred_dir: the predictions folder.
+        record: the case (``case_id``, ``image``).
+        classes: ``{class value: name}``.
+
+    Returns:
+        ``{class value: path}`` of those that exist: ``<case>_prob.<ext>`` with one class, else
+        ``<case>_prob_<class name>.<ext>`` per class.
+    """
+    tags = (
+        {k: PROBABILITY_TAG for k in classes}
+        if len(classes) == 1
+        else {k: f"{PROBABILITY_TAG}_{name}" for k, name in classes.items()}
+    )
+    paths = {k: output_path(pred_dir, record["case_id"], record["image"], tag) for k, tag in tags.items()}
+    return {k: p for k, p in paths.items() if p.exists()}
+
+
 def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.DataFrame:
     """Train fold ``fold``, predict its held-out cases with the best checkpoint, evaluate, mark DONE."""
     layout = RunLayout(run_dir).fold(fold)
@@ -151,17 +183,20 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
         raise ManifestError(
             f"fold {fold}: prediction failed for {len(outcome['failed'])} case(s), e.g. {first[0]}: {first[1]}"
         )
+    classes = class_names(cfg)
     pairs = [
         {
             "case_id": r["case_id"],
+            "subject_id": r.get("subject_id", ""),
             "pred": output_path(pred_dir, r["case_id"], r["image"]),
             "label": r["label"],
             "fold": fold,
             "label_map": r.get("label_map", ""),
+            "probabilities": probability_files(pred_dir, r, classes),
         }
         for r in val
     ]
-    table = evaluate_cases(dist.shard(pairs))  # each rank evaluates its share
+    table = evaluate_cases(dist.shard(pairs), classes, cfg.eval)  # each rank evaluates its share
     table = pd.concat(dist.all_gather_objects(table), ignore_index=True)
     if dist.is_main():
         order = {r["case_id"]: i for i, r in enumerate(pairs)}
@@ -170,24 +205,30 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
         done = f"best_val_dice={result['best_val_dice']:.6f} epochs={result['epochs']}\n"
         atomic_write_text(layout.done, done)
     dist.barrier()
-    log.info("fold %d done: mean Dice %.4f over %d cases", fold, table["dice"].mean(), len(table))
+    for name, rows in table.groupby("class", sort=False):
+        log.info("fold %d done: %s mean Dice %.4f over %d cases", fold, name, rows["dice"].mean(), len(rows))
     return table
 
 
-def aggregate(run_dir: str | os.PathLike) -> dict:
-    """Collect every finished fold's metrics into ``cv_metrics.csv`` and ``cv_summary.json``."""
+def aggregate(run_dir: str | os.PathLike, settings: EvalConfig | None = None) -> dict:
+    """Collect every finished fold's metrics into ``cv_metrics.csv`` and ``cv_summary.json``.
+
+    Args:
+        run_dir: the run folder.
+        settings: the ``eval`` settings (bootstrap resamples, seed, level; detection classes).
+    """
     layout = RunLayout(run_dir)
     # Serialised: with several processes sharing the run folder the last one includes every fold.
     with _file_lock(layout.aggregate_lock, blocking=True):
-        return _aggregate(layout)
+        return _aggregate(layout, settings)
 
 
-def _aggregate(layout: RunLayout) -> dict:
+def _aggregate(layout: RunLayout, settings: EvalConfig | None = None) -> dict:
     df = read_fold_metrics(layout)  # the folds with DONE
     if df.empty:
         raise ManifestError(f"{layout.root}: no finished folds to aggregate")
     write_table(df, layout.cv_metrics)
-    summary = summarize(df)
+    summary = summarize(df, settings)
     write_summary(summary, layout.cv_summary)
     return summary
 
@@ -220,14 +261,15 @@ def run_cv(
                 continue
             log.info("fold %d of %s: training", k, present)
             run_fold(cfg, records, k, run_dir)
-    summary = aggregate(run_dir) if dist.is_main() else {}
+    summary = aggregate(run_dir, cfg.eval) if dist.is_main() else {}
     summary = dist.all_gather_objects(summary)[0]
     log.info(format_summary(summary))
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    """A small text table: Dice/HD95/ASSD mean ± std per fold and overall."""
+    """A small text table: Dice/HD95/ASSD mean ± std per fold and overall, then each class's means
+    with their bootstrap intervals."""
     lines = [f"{'fold':>7} {'Dice':>15} {'HD95 mm':>15} {'ASSD mm':>15}"]
 
     def row(name: str, s: dict) -> str:
@@ -237,4 +279,5 @@ def format_summary(summary: dict) -> str:
     for k, s in summary["per_fold"].items():
         lines.append(row(k, s))
     lines.append(row("all", summary["foreground_mean"]))
+    lines += class_lines(summary)
     return "\n".join(lines)

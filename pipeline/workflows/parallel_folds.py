@@ -138,7 +138,7 @@ def run_parallel_folds(
             f"{logfile}: fold {k} failed{f' ({last})' if last else ''}; "
             f"{len(failed)} of {len(todo)} fold(s) failed; re-run to resume"
         )
-    return aggregate(run_dir)
+    return aggregate(run_dir, cfg.eval)
 
 
 def _last_line(path: Path) -> str:

@@ -241,3 +241,16 @@ def test_fingerprint_settings_need_a_usable_file(tmp_path):
     # the command that writes the fingerprint does not need it to exist yet
     settings = [f"data.fingerprint={tmp_path / 'new.json'}", "data.intensity=fingerprint"]
     assert load_config(None, settings, fingerprint=False).data.intensity == "fingerprint"
+
+
+def test_eval_settings_are_checked_at_load():
+    assert load_config(None, ["eval.nsd_tolerance_mm=1.5"]).eval.nsd_tolerance_mm == 1.5
+    for bad, key in (
+        ("eval.nsd_tolerance_mm=0", "eval.nsd_tolerance_mm"),
+        ("eval.bootstrap_resamples=0", "eval.bootstrap_resamples"),
+        ("eval.ci_level=1.0", "eval.ci_level"),
+        ("eval.froc_thresholds=[0.5,1.5]", "eval.froc_thresholds"),
+        ("eval.detection_classes=['']", "eval.detection_classes"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [bad])

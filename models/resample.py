@@ -72,6 +72,9 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     resampled one axis at a time by matrix products with the interpolation weights: the same
     values as ``F.interpolate`` up to float rounding, 5-10x faster for them on a CPU.
     """
+    if _recording():
+        # sizes as the recorder sees them (symbolic), not Python ints baked into the graph
+        return F.interpolate(x, size=list(size), mode=_MODES[x.dim()], align_corners=False)
     size = tuple(int(s) for s in size)
     if tuple(x.shape[2:]) == size:
         return x  # the gating grid usually equals theta's grid: skip a useless interpolation
@@ -82,6 +85,16 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 SEPARABLE_MAX_CHANNELS = 8
+
+
+def _recording() -> bool:
+    """True while ``torch.jit.trace`` or an ONNX/``torch.export`` export records the network.
+
+    The fast paths here are Python-side (cached matrices, an autograd Function, writes into a
+    preallocated output) that a recorded graph cannot keep for other input sizes; plain
+    ``F.interpolate`` records as one resize with symbolic sizes (TorchScript, ONNX ``Resize``).
+    """
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
 
 
 def _interpolation_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -152,6 +165,7 @@ def upsample_concat(skip: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     if (
         torch.is_grad_enabled()
         or torch.compiler.is_compiling()
+        or _recording()
         or not doubled
         or skip.dtype != coarse.dtype
         or skip.shape[0] != coarse.shape[0]

@@ -116,6 +116,11 @@ def bundle_inference(cfg: Config, bundle_root: str) -> dict:
     ``CropForegroundd`` counts voxels of the scan): the same crop when the scan has that spacing.
     """
     d = cfg.data
+    layout = BundleLayout(Path(bundle_root))
+
+    def rel(path: Path) -> str:
+        return layout.relative(path, layout.dir)
+
     spacing = [float(s) for s in d.target_spacing]
     pre: list[dict] = [
         {"_target_": "LoadImaged", "keys": "image", "image_only": True},
@@ -161,7 +166,7 @@ def bundle_inference(cfg: Config, bundle_root: str) -> dict:
         "scans": f"$sorted(f for p in {patterns} for f in glob.glob(os.path.join(@input_path, p))) "
         "if os.path.isdir(@input_path) else [@input_path]",
         "datalist": "$[{'image': f} for f in (@scans or [@input_path])]",  # no scan files: a DICOM series folder
-        "network_def": "$torch.jit.load(@bundle_root + '/models/model.ts', map_location=@device)",
+        "network_def": f"$torch.jit.load(@bundle_root + '/{rel(layout.torchscript)}', map_location=@device)",
         "network": "$@network_def.to(@device).eval()",
         "preprocessing": {"_target_": "Compose", "transforms": pre},
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
@@ -215,7 +220,7 @@ def bundle_inference(cfg: Config, bundle_root: str) -> dict:
         },
         "checkpointloader": {
             "_target_": "CheckpointLoader",
-            "load_path": "$@bundle_root + '/models/model.pt'",
+            "load_path": f"$@bundle_root + '/{rel(layout.weights)}'",
             "load_dict": {"model": "@network"},
             "map_location": "@device",
         },
@@ -341,7 +346,8 @@ def export_bundle(source: str | os.PathLike, out: str | os.PathLike, folds: list
     root = Path(os.path.abspath(out))
     cfg, checkpoints = model_folds(source, folds)
     module, divisor = _torchscript(cfg, checkpoints, str(source))
-    script, weights = io.BytesIO(), io.BytesIO()
+    script = io.BytesIO()
+    weights = io.BytesIO()
     torch.jit.save(module, script)
     torch.save(
         module.state_dict(), weights

@@ -116,8 +116,8 @@ def _sha256(data: bytes) -> str:
 def _members(run_dir: Path, folds: list[int] | None) -> dict[str, bytes]:
     """The package's members (except the hashes) as bytes."""
     run = RunLayout(run_dir)
+    chosen = run_checkpoints(run_dir, folds)  # first: it says so when run_dir is not a run folder
     cfg = load_config(run.config)
-    chosen = run_checkpoints(run_dir, folds)
     members: dict[str, bytes] = {}
     for k, path in chosen:
         buffer = io.BytesIO()
@@ -203,7 +203,7 @@ def _check_names(path: Path, infos: list[zipfile.ZipInfo], limit: int) -> None:
 def _read(zf: zipfile.ZipFile, path: Path, name: str, limit: int) -> bytes:
     """A member's bytes, read at most ``limit`` (+1) bytes far whatever its header claims."""
     try:
-        with zf.open(name) as f:
+        with zf.open(name, mode="r") as f:
             data = f.read(limit + 1)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: member {name!r} is corrupt ({exc})") from None

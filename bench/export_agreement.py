@@ -144,9 +144,9 @@ def main() -> None:
             a, aff_a = ras(next(ours_dir.glob("*.nii.gz")))
             b, aff_b = ras(next(theirs_dir.glob("*_seg.nii.gz")))
             same_grid = a.shape == b.shape and np.allclose(aff_a, aff_b, atol=1e-3)
-            dice = (
-                2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0) if same_grid else float("nan")
-            )
+            both = float(a.sum() + b.sum())
+            dice = 2 * float((a & b).sum()) / both if both else 1.0  # both empty: they agree
+            dice = dice if same_grid else float("nan")
             print(
                 f"[{kind}] {name:13s} grid {a.shape} same={same_grid} fg ours={int(a.sum())} bundle={int(b.sum())} "
                 f"({100 * a.mean():.1f}% of voxels) differ={int((a != b).sum()) if same_grid else -1} "

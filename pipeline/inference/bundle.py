@@ -313,7 +313,12 @@ def _readme(card: str, root: Path) -> str:
         "--output_dir OUT\n```\n\n"
         "`input_path` is a scan (NIfTI, NRRD, MHA), a folder of scans, or a DICOM series folder; masks are "
         "written as `OUT/<scan>_seg.nii.gz` (uint8) on the input's grid. `models/model.ts` is the network "
-        "(TorchScript), `models/model.pt` its weights (loaded by `inference.json`).\n"
+        "(TorchScript), `models/model.pt` its weights (loaded by `inference.json`). `python -m monai.bundle` "
+        "needs the `fire` package; without it call `monai.bundle.run(...)` with the same arguments.\n\n"
+        "Differences from `pancreas-seg infer`: a scan thinner than the window along an axis is padded to "
+        "the whole window here (`pancreas-seg infer` shrinks the window to the scan, rounded up to a multiple "
+        "of 16; pass e.g. `--inferer#roi_size [160,160,48]` to do the same), and the body crop's margin is "
+        "counted in voxels of the scan (the same as `pancreas-seg infer` when the scan has the target spacing).\n"
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.resample import resize_to, upsample_concat
+from models.resample import is_recording, resize_to, upsample_concat
 
 __all__ = [
     "conv_type",
@@ -71,7 +71,7 @@ class _HalvingMaxMixin:
             and x.dim() >= 3
             and not any(s % 2 for s in x.shape[2:])
         )
-        if not halving or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not halving or torch.is_grad_enabled() or torch.compiler.is_compiling() or is_recording():
             return super().forward(x)  # type: ignore[misc]
         for dim in range(2, x.dim()):
             pairs = x.unflatten(dim, (x.shape[dim] // 2, 2))

@@ -25,6 +25,7 @@ __all__ = [
     "cmd_train",
     "cmd_cv",
     "cmd_infer",
+    "cmd_export",
     "cmd_evaluate",
     "cmd_report",
     "cmd_compare",
@@ -272,6 +273,36 @@ def cmd_infer(args: argparse.Namespace) -> int:
         for case, msg in out["failed"].items():
             print(f"pancreas-seg: {case}: {msg}", file=__import__("sys").stderr)
         return 3
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's folds as a model package, a MONAI bundle or ONNX."""
+    import os
+
+    folds = sorted(set(args.fold)) if args.fold else None
+    if args.format == "onnx":
+        if folds and len(folds) > 1:
+            raise UsageError("export --format onnx: one fold per ONNX file (give --fold once)")
+        from pipeline.inference.onnx_export import export_onnx
+
+        out = export_onnx(args.run, args.out, folds[0] if folds else None)
+    elif args.format == "bundle":
+        from pipeline.inference.bundle import export_bundle
+
+        out = export_bundle(args.run, args.out, folds)
+    else:
+        from pipeline.inference.package import export_package, is_package
+
+        if is_package(args.run):
+            raise UsageError(f"{args.run}: already a model package; export a run folder")
+        out = export_package(args.run, args.out, folds)
+    size = (
+        sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+        if Path(out).is_dir()
+        else os.path.getsize(out)
+    )
+    log.info("wrote %s (%s, %.1f MB)", out, args.format, size / 1e6)
     return 0
 
 

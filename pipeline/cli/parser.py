@@ -34,6 +34,38 @@ def _add_cv_args(p: argparse.ArgumentParser, out_help: str) -> None:
     _add_config_args(p)
 
 
+def _add_export_parser(sub) -> None:
+    """``pancreas-seg export``: a model package zip, a MONAI bundle or ONNX."""
+    p = sub.add_parser(
+        "export",
+        help="export a trained model: a checked zip, a MONAI bundle, or ONNX",
+        description="Export the folds of a run folder (or of a model.zip) for use elsewhere. zip: one file "
+        "with the fold weights (no optimizer state), the resolved config, label names, versions, SHA-256 of "
+        "every member and MODEL_CARD.md; 'pancreas-seg infer --model model.zip' gives the same masks as "
+        "--model RUN. bundle: a MONAI bundle folder that runs with 'python -m monai.bundle run' without this "
+        "package (TorchScript ensemble of the folds). onnx: one fold's network as model.onnx (opset 18, "
+        "dynamic batch and spatial axes) plus model.onnx.json with the preprocessing.",
+    )
+    p.add_argument("run", help="run folder (cv or train output) or a model.zip")
+    p.add_argument("--out", required=True, help="zip file, bundle folder, or .onnx file to write")
+    p.add_argument(
+        "--format",
+        choices=["zip", "bundle", "onnx"],
+        default="zip",
+        help="zip (default): model package; bundle: MONAI bundle folder; onnx: one fold as ONNX",
+    )
+    p.add_argument(
+        "--fold",
+        type=int,
+        action="append",
+        default=None,
+        metavar="K",
+        help="fold to export (repeat for several; default every fold with a best checkpoint; onnx: the "
+        "lowest-numbered fold)",
+    )
+    p.set_defaults(func=commands.cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``pancreas-seg`` with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -180,10 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
         "infer",
         help="segment full scans with a trained model",
         description="Sliding-window inference on whole scans. MODEL is a CV run folder (the folds' best "
-        "checkpoints are averaged) or one checkpoint. Masks are written on each input's exact grid, in its "
+        "checkpoints are averaged), a model package from 'pancreas-seg export' (checked before use; the same masks as "
+        "its run folder) or one checkpoint. Masks are written on each input's exact grid, in its "
         "format (NIfTI for DICOM series). Existing outputs are skipped unless --overwrite.",
     )
-    p.add_argument("--model", required=True, help="CV run folder or checkpoint .pt")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="CV run folder, model package .zip (pancreas-seg export), or checkpoint .pt",
+    )
     p.add_argument(
         "--input", required=True, help="scan file, DICOM series folder, folder of scans, or manifest CSV"
     )
@@ -221,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="change infer.* or perf.* settings, e.g. --set infer.overlap=0.25",
     )
     p.set_defaults(func=commands.cmd_infer)
+
+    _add_export_parser(sub)
 
     p = sub.add_parser(
         "evaluate",

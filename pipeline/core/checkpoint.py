@@ -30,6 +30,7 @@ __all__ = [
     "FORMAT",
     "save_checkpoint",
     "load_checkpoint",
+    "load_checkpoint_bytes",
     "latest_checkpoint",
     "model_config_from_checkpoint",
 ]
@@ -63,21 +64,39 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    return _load(path, str(path), map_location)
+
+
+def load_checkpoint_bytes(data: bytes, source: str, map_location: str | torch.device = "cpu") -> dict:
+    """:func:`load_checkpoint` of a checkpoint held in memory (e.g. a member of a model package).
+
+    Args:
+        data: the bytes ``torch.save`` wrote.
+        source: how to name it in errors, e.g. ``model.zip: folds/fold_0.pt``.
+        map_location: where tensors go.
+
+    Raises:
+        CheckpointError: truncated/corrupt, needs pickling (untrusted), or not ours.
+    """
+    return _load(io.BytesIO(data), source, map_location)
+
+
+def _load(file: Path | io.BytesIO, source: str, map_location: str | torch.device) -> dict:
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - classify below
         msg = str(exc)
         if "weights_only" in msg or "Unsupported global" in msg or "unpickl" in msg.lower():
             raise CheckpointError(
-                f"{path}: refused: the file needs pickling to load (it may run code); only plain "
+                f"{source}: refused: the file needs pickling to load (it may run code); only plain "
                 "tensor checkpoints are accepted"
             ) from None
         first = msg.splitlines()[0][:120] if msg else type(exc).__name__
         raise _UnreadableCheckpoint(
-            f"{path}: not a readable checkpoint (truncated or corrupt: {first})"
+            f"{source}: not a readable checkpoint (truncated or corrupt: {first})"
         ) from None
     if not isinstance(ckpt, dict) or "network" not in ckpt:
-        raise CheckpointError(f"{path}: not a pancreas-seg checkpoint (no 'network' weights)")
+        raise CheckpointError(f"{source}: not a pancreas-seg checkpoint (no 'network' weights)")
     return ckpt
 
 

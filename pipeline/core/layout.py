@@ -18,6 +18,12 @@ A CV or training run folder (:class:`RunLayout`)::
     <run>/cv_summary.json             mean/std/median per metric, per fold and overall
     <run>/report.html, report_files/  ``pancreas-seg report``
 
+A model package zip (:class:`PackageLayout`, ``pancreas-seg export``): ``SHA256SUMS.json``,
+``config.yaml``, ``labels.json``, ``versions.json``, ``MODEL_CARD.md``, ``fingerprint.json`` (when
+the run used one) and ``folds/fold_<k>.pt``. A MONAI bundle folder (:class:`BundleLayout`):
+``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt``, ``models/model.ts``,
+``docs/README.md``, ``LICENSE``. An ONNX file's preprocessing sidecar: :func:`onnx_sidecar`.
+
 An inference output folder (:class:`OutputLayout`): the masks, ``timings.csv``, ``inputs.csv`` (the
 scans behind the masks) and, by default, ``evaluate``'s ``metrics.csv``.
 
@@ -36,6 +42,9 @@ __all__ = [
     "FoldLayout",
     "CheckpointLayout",
     "OutputLayout",
+    "PackageLayout",
+    "BundleLayout",
+    "onnx_sidecar",
     "fold_name",
     "fold_number",
     "manifest_in",
@@ -274,3 +283,83 @@ class RunLayout:
             return []
         found = ((fold_number(p.name), p) for p in self.root.glob(f"{_FOLD_PREFIX}*"))
         return [FoldLayout(p) for k, p in sorted((k, p) for k, p in found if k is not None and p.is_dir())]
+
+
+class PackageLayout:
+    """The member names inside a model package zip (``pancreas-seg export``), POSIX paths."""
+
+    hashes = "SHA256SUMS.json"  # SHA-256 and size of every other member
+    config = "config.yaml"  # the run's resolved config, as the run wrote it
+    labels = "labels.json"  # label values and class names
+    versions = "versions.json"  # versions and git commit: of training and of the export
+    card = "MODEL_CARD.md"
+    fingerprint = "fingerprint.json"  # the dataset fingerprint, when the run used one
+    _FOLDS = "folds"
+
+    @classmethod
+    def fold(cls, k: int) -> str:
+        """The member holding fold ``k``'s network weights."""
+        return f"{cls._FOLDS}/{fold_name(int(k))}.pt"
+
+    @classmethod
+    def fold_of(cls, member: str) -> int | None:
+        """``k`` of a member named like :meth:`fold`, else None."""
+        head, _, tail = member.partition("/")
+        if head != cls._FOLDS or not tail.endswith(".pt"):
+            return None
+        return fold_number(tail[: -len(".pt")])
+
+    @classmethod
+    def fixed(cls) -> tuple[str, ...]:
+        """Every member name other than the folds' (the fingerprint is optional)."""
+        return (cls.hashes, cls.config, cls.labels, cls.versions, cls.card, cls.fingerprint)
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleLayout(_Folder):
+    """A MONAI bundle folder (``pancreas-seg export --format bundle``), in MONAI's bundle layout."""
+
+    @property
+    def configs(self) -> Path:
+        return self.dir / "configs"
+
+    @property
+    def metadata(self) -> Path:
+        return self.configs / "metadata.json"
+
+    @property
+    def inference(self) -> Path:
+        return self.configs / "inference.json"
+
+    @property
+    def models(self) -> Path:
+        return self.dir / "models"
+
+    @property
+    def weights(self) -> Path:
+        """The fold networks' weights (a ``weights_only`` checkpoint; not read by ``inference.json``)."""
+        return self.models / "model.pt"
+
+    @property
+    def torchscript(self) -> Path:
+        """The TorchScript network ``inference.json`` runs."""
+        return self.models / "model.ts"
+
+    @property
+    def readme(self) -> Path:
+        return self.dir / "docs" / "README.md"
+
+    @property
+    def license(self) -> Path:
+        return self.dir / "LICENSE"
+
+    @staticmethod
+    def relative(path: Path, root: Path) -> str:
+        """``path`` relative to the bundle folder ``root``, POSIX style (for ``inference.json``)."""
+        return Path(path).relative_to(root).as_posix()
+
+
+def onnx_sidecar(path: str | os.PathLike) -> Path:
+    """The preprocessing sidecar of an ONNX file: ``model.onnx`` -> ``model.onnx.json``."""
+    p = Path(path)
+    return p.with_name(p.name + ".json")

@@ -24,6 +24,7 @@ from pipeline.core.config import (
 )
 from pipeline.core.errors import CheckpointError, ConfigError
 from pipeline.core.layout import CheckpointLayout, FoldLayout, RunLayout, fold_name
+from pipeline.inference.package import is_package, read_package
 from pipeline.inference.predictor import Predictor
 
 __all__ = ["load_network", "load_predictor"]
@@ -104,11 +105,21 @@ def _config_for(paths: list[Path], run_dir: Path | None) -> Config:
     return first
 
 
+def _with_overrides(cfg: Config, overrides: Sequence[str] | None) -> Config:
+    """``cfg`` with the inference-time overrides (only ``infer.*`` and ``perf.*``) applied and checked."""
+    for item in overrides or []:
+        if not item.split("=", 1)[0].strip().startswith(("infer.", "perf.")):
+            raise ConfigError(f"--set {item}: only infer.* and perf.* can change at inference time")
+    return apply_overrides(cfg, list(overrides or []))
+
+
 def load_predictor(
     model: str | os.PathLike | Sequence[str | os.PathLike], overrides: Sequence[str] | None = None
 ) -> Predictor:
-    """A :class:`Predictor` from a CV run folder (every fold's ``best.pt``, softmax averaged), one
-    checkpoint file, or a list of checkpoint files (an ensemble).
+    """A :class:`Predictor` from a CV run folder (every fold's ``best.pt``, softmax averaged), a model
+    package (``model.zip`` from ``pancreas-seg export``: its folds, checked by
+    :func:`pipeline.inference.package.read_package`), one checkpoint file, or a list of checkpoint
+    files (an ensemble). A package gives the same networks and config as the run it was exported from.
 
     The preprocessing is the one the checkpoints were trained with (the run's ``config.yaml`` or
     the config stored in the checkpoint); ``overrides`` (``infer.*``, ``perf.*``) change only how
@@ -116,20 +127,25 @@ def load_predictor(
     unpickling is refused.
 
     Raises:
-        CheckpointError: no checkpoint found, an untrusted/corrupt file, or a checkpoint of another
-            network than the run's (or than the ensemble's first).
+        CheckpointError: no checkpoint found, an untrusted/corrupt file, a package that fails its
+            checks, or a checkpoint of another network than the run's (or than the ensemble's first).
         ConfigError: an override outside ``infer.*``/``perf.*`` or an invalid value.
     """
     items = [model] if isinstance(model, (str, os.PathLike)) else list(model)
     if not items:
         raise CheckpointError("no checkpoint given")
+    if len(items) == 1 and is_package(items[0]):
+        pkg = read_package(items[0])
+        cfg = _with_overrides(pkg.config, overrides)
+        nets = [
+            network_from_checkpoint(ckpt, cfg.model, f"{pkg.path}: member {name}")[0]
+            for name, ckpt in pkg.checkpoints
+        ]
+        log.info("model: %d network(s) from %s", len(nets), pkg.path)
+        return Predictor(nets, cfg)
     paths = [p for item in items for p in _checkpoint_paths(Path(item))]
     run_dir = Path(items[0]) if len(items) == 1 and Path(items[0]).is_dir() else None
-    cfg = _config_for(paths, run_dir)
-    for item in overrides or []:
-        if not item.split("=", 1)[0].strip().startswith(("infer.", "perf.")):
-            raise ConfigError(f"--set {item}: only infer.* and perf.* can change at inference time")
-    apply_overrides(cfg, list(overrides or []))
+    cfg = _with_overrides(_config_for(paths, run_dir), overrides)
     nets = [load_network(p, expect=cfg.model)[0] for p in paths]
     log.info("model: %d network(s) from %s", len(nets), ", ".join(str(i) for i in items))
     return Predictor(nets, cfg)

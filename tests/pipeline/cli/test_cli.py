@@ -18,6 +18,7 @@ COMMANDS = [
     "train",
     "cv",
     "infer",
+    "export",
     "evaluate",
     "demo",
 ]
@@ -48,6 +49,7 @@ def test_parser_lists_commands():
         (["phantoms", "--n", "0", "--out", "{tmp}/ph"], "UsageError: --n"),
         (["cv", "--manifest", "{tmp}/m.csv", "--out", "{tmp}/run", "--folds", "0,x"], "UsageError: --folds"),
         (["model-info", "--set", "train.loss=dicece"], "ConfigError: train.loss='dicece' is not allowed"),
+        (["export", "{tmp}", "--out", "{tmp}/model.zip"], "not a run folder (no config.yaml)"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(argv, needle, tmp_path, capsys):

@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.layout import (
+    BundleLayout,
     CheckpointLayout,
     FoldLayout,
     OutputLayout,
+    PackageLayout,
     RunLayout,
     fold_name,
     fold_number,
     manifest_in,
+    onnx_sidecar,
     report_link,
 )
 from tests.conftest import REPO
@@ -39,6 +42,15 @@ NAMES = {
     "cv.log",
     "report_files",
     "tensorboard",
+    "SHA256SUMS.json",
+    "MODEL_CARD.md",
+    "labels.json",
+    "versions.json",
+    "fingerprint.json",
+    "metadata.json",
+    "inference.json",
+    "model.ts",
+    "model.pt",
 }
 # A path part naming a fold or an epoch checkpoint: fold_3, fold_*, the "fold_" of f"fold_{k}", epoch_2.pt.
 _PART = re.compile(r"fold_(\d+|\*)?|epoch_(\d+|\*)?(\.pt)?")
@@ -78,6 +90,30 @@ def test_inference_output_names():
         Path("masks/inputs.csv"),
         Path("masks/metrics.csv"),
     )
+
+
+def test_export_names():
+    assert PackageLayout.fold(2) == "folds/fold_2.pt" and PackageLayout.fold_of("folds/fold_2.pt") == 2
+    assert [
+        PackageLayout.fold_of(n) for n in ("folds/fold_x.pt", "fold_2.pt", "folds/fold_2.pth", "x/fold_1.pt")
+    ] == [None] * 4
+    assert set(PackageLayout.fixed()) == {
+        "SHA256SUMS.json",
+        "config.yaml",
+        "labels.json",
+        "versions.json",
+        "MODEL_CARD.md",
+        "fingerprint.json",
+    }
+    b = BundleLayout("out")
+    assert (b.metadata, b.inference) == (
+        Path("out/configs/metadata.json"),
+        Path("out/configs/inference.json"),
+    )
+    assert (b.weights, b.torchscript) == (Path("out/models/model.pt"), Path("out/models/model.ts"))
+    assert (b.readme, b.license) == (Path("out/docs/README.md"), Path("out/LICENSE"))
+    assert b.relative(b.torchscript, b.dir) == "models/model.ts"
+    assert onnx_sidecar("x/model.onnx") == Path("x/model.onnx.json")
 
 
 def test_fold_numbers_from_names():

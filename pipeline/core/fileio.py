@@ -59,12 +59,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once: os.umask can only be read by setting it, which is not safe while writer threads run.
+_UMASK = _umask()
+
+
 def _new_temp(path: Path, folder: bool = False) -> Path:
-    """A new hidden file (or empty folder) beside ``path``, in the one temporary-name scheme."""
+    """A new hidden file (or empty folder) beside ``path``, in the one temporary-name scheme.
+
+    mkstemp/mkdtemp create it private (0600/0700); it gets the mode a plain ``open`` would give
+    (0666/0777 less the umask), so a mask or ``model.zip`` can be shared like any other file.
+    """
     prefix = f".{path.name}.{os.getpid()}."
     if folder:
-        return Path(tempfile.mkdtemp(prefix=prefix, suffix=_MARK, dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=_MARK, dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        return tmp
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=_MARK + _suffix(path), dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(name)
 

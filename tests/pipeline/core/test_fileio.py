@@ -24,6 +24,18 @@ def test_atomic_write_text_replaces_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["table.csv"]
 
 
+def test_written_files_and_folders_get_the_mode_a_plain_open_gives(tmp_path):
+    # mkstemp makes 0600 files: a mask or model.zip written through it could not be shared
+    mask = os.umask(0o027)
+    os.umask(mask)
+    file = atomic_write_text(tmp_path / "table.csv", "a\n")
+    with atomic_outputs() as out:
+        folder = out.folder(tmp_path / "bundle")
+        (folder / "x.txt").write_text("x")
+    assert file.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
 def test_failed_write_keeps_old_file_and_removes_temporary(tmp_path):
     target = tmp_path / "mask.nii.gz"
     target.write_text("old")

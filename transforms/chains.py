@@ -14,7 +14,6 @@ transform is deterministic, so ``CacheDataset``/``PersistentDataset`` cache it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,16 +23,15 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
-    RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    RandZoomd,
     SpatialPadd,
 )
 
 from pipeline.core.config import Config
 from pipeline.core.config_checks import AXIS_LABELS
 from pipeline.core.constants import AIR_HU
+from transforms.augment import spatial_augmentation
 from transforms.compose import CTCompose
 from transforms.geometry import BodyCropd, CTSpacingd
 from transforms.intensity import build_intensity
@@ -111,29 +109,7 @@ def _augmentation(cfg: Config, keys: list[str]) -> list:
     steps: list = []
     if aug.flip_prob > 0:
         steps += [RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in (0, 1)]  # in-plane axes
-    if aug.rotate_prob > 0 and aug.rotate_deg > 0:
-        # range_z rotates in the plane of the first two axes, i.e. about the cranio-caudal axis
-        steps.append(
-            RandRotated(
-                keys,
-                range_z=math.radians(aug.rotate_deg),
-                prob=aug.rotate_prob,
-                mode=("bilinear", "nearest"),
-                padding_mode="border",
-                keep_size=True,
-            )
-        )
-    if aug.scale_prob > 0 and list(aug.scale_range) != [1.0, 1.0]:
-        steps.append(
-            RandZoomd(
-                keys,
-                prob=aug.scale_prob,
-                min_zoom=aug.scale_range[0],
-                max_zoom=aug.scale_range[1],
-                mode=("trilinear", "nearest"),
-                keep_size=True,
-            )
-        )
+    steps += spatial_augmentation(aug, keys, cfg.data.patch_size)  # rotation, zoom, translation
     if aug.intensity_prob > 0 and aug.intensity_shift > 0:
         steps.append(RandShiftIntensityd("image", offsets=aug.intensity_shift, prob=aug.intensity_prob))
     if aug.intensity_prob > 0 and aug.intensity_scale > 0:

@@ -14,7 +14,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         default=None,
-        help="YAML config file, or a bundled name: 'default' (paper settings) or 'demo' (CPU-sized)",
+        help="YAML config file, or a bundled name: 'default' (recommended settings), 'paper' (the "
+        "authors' released training recipe) or 'demo' (CPU-sized)",
     )
     p.add_argument(
         "--set",
@@ -297,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run cross-validation for attention_unet and unet (attention=False) with the same folds, "
         "seeds and schedule into OUT/attention_unet and OUT/unet, then write OUT/compare.csv and "
         "OUT/compare.md: Dice, precision, recall, surface distance, parameters and inference time per "
-        "network, with a Wilcoxon signed-rank test on per-case Dice.",
+        "network, with a Wilcoxon signed-rank test on per-case Dice. --config paper trains both with the "
+        "authors' released recipe, the default config with the recommended one.",
     )
     _add_cv_args(p, "output folder")
     p.set_defaults(func=commands.cmd_compare)

@@ -1,8 +1,11 @@
 """The one typed config of the pipeline: dataclasses with YAML load/save and ``key.sub=value`` overrides.
 
-The defaults in the dataclasses are the paper's settings (Oktay et al. 2018, arXiv:1804.03999, and
-the authors' released configs, github.com/ozan-oktay/Attention-Gated-Networks);
-``configs/default.yaml`` is a dump of them and ``configs/demo.yaml`` a CPU-sized overlay. A run
+The defaults in the dataclasses are our recommended settings: the network of Oktay et al. 2018
+(arXiv:1804.03999) as the authors released it, trained with a recipe that differs from theirs where
+a measurement or a reference says so (``configs/default.yaml`` lists each difference and why).
+``configs/default.yaml`` is a dump of the defaults, ``configs/paper.yaml`` the authors' released
+recipe (github.com/ozan-oktay/Attention-Gated-Networks) as exactly as our components allow, and
+``configs/demo.yaml`` a CPU-sized overlay. A run
 folder gets the resolved config plus the package versions and the git commit
 (:func:`save_run_config`).
 """
@@ -50,13 +53,23 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation (the released configs: flips, rotation ±15°, zoom 0.7-1.3)."""
+    """Training-time augmentation of each patch; each step is drawn with its own probability.
+
+    The authors' released code applies flips, then rotation ±15°, shift ±10 % and in-plane zoom
+    0.7-1.3 (x and y drawn independently) to every sample: ``configs/paper.yaml``.
+    """
 
     flip_prob: float = 0.5  # per in-plane axis
     rotate_deg: float = 15.0  # about the axial (z) axis
     rotate_prob: float = 0.2
     scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
     scale_prob: float = 0.2
+    # "isotropic": one zoom factor for x, y and z (RandZoomd: >1 magnifies); "in_plane": x and y
+    # factors drawn independently, z unchanged (RandAffined: the factor scales the sampling grid, as
+    # the authors' torchsample affine, so 1.3 shows 1.3x the field of view)
+    scale_mode: str = "isotropic"
+    translate_frac: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # max shift, x/y/z, of patch
+    translate_prob: float = 0.2
     intensity_shift: float = 0.1  # in normalised units
     intensity_scale: float = 0.1
     intensity_prob: float = 0.15
@@ -94,6 +107,8 @@ class DataConfig:
     dicom_series: str = ""  # SeriesInstanceUID to pick when a DICOM folder holds several
     patch_size: list[int] = field(default_factory=lambda: [160, 160, 96])  # released config
     pos_fraction: float = 0.67  # fraction of patches centred on pancreas voxels
+    # patches cut from each volume drawn; train.batch_size / samples_per_volume volumes per step.
+    # 1 with batch_size 2: two volumes per step, the authors' batch (see pipeline.training.train)
     samples_per_volume: int = 2
     cache: str = "memory"  # "memory" | "disk" | "none"
     cache_dir: str = ""  # for cache="disk"; default <run>/cache
@@ -121,16 +136,18 @@ class TrainConfig:
     """Optimisation and the training schedule."""
 
     epochs: int = 1000
-    iterations_per_epoch: int = 0  # 0: one pass over the training patches
+    iterations_per_epoch: int = 0  # 0: one pass over the training cases (volumes)
     batch_size: int = 2
-    optimizer: str = "adam"  # "adam" (paper) | "sgd" (Nesterov, poly decay)
+    optimizer: str = "adam"  # "adam" (the paper's text) | "sgd" (Nesterov, with train.momentum)
     lr: float = 1e-4
     weight_decay: float = 1e-6
-    momentum: float = 0.99
-    lr_schedule: str = "step"  # "step" | "poly" | "none"
+    momentum: float = 0.99  # SGD only (nnU-Net's 0.99; the authors' code: 0.9)
+    lr_schedule: str = "step"  # "step" | "poly" | "none", stepped once per epoch, for either optimizer
     lr_step_epochs: int = 250
     lr_gamma: float = 0.5
     loss: str = "dice_ce"  # "dice_ce" | "dice" (the paper's soft Dice)
+    # fused output first, then the heads from fine to coarse; a 0 weight skips that head's loss
+    # ([1, 0, 0, 0, 0]: the authors' loss on the fused output only)
     ds_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125, 0.0625])
     val_interval: int = 10
     checkpoint_interval: int = 10
@@ -198,7 +215,8 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    """The whole pipeline config. ``Config()`` is the paper's settings."""
+    """The whole pipeline config. ``Config()`` is the recommended settings (``configs/default.yaml``);
+    ``load_config("paper")`` the authors' released recipe."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -270,7 +288,8 @@ def load_config(
     the file is reported with the file's name.
 
     Args:
-        path: YAML file, or the name of a bundled config (``demo``); None: the defaults.
+        path: YAML file, or the name of a bundled config (``default``, ``paper``, ``demo``); None:
+            the defaults.
         overrides: ``key.sub=value`` strings, applied after the file.
         fingerprint: read ``data.fingerprint`` into the config when a setting uses it. False for
             commands that never build a chain (``pancreas-seg fingerprint`` writes that file).

@@ -35,6 +35,7 @@ __all__ = [
     "MODEL_NAMES",
     "OPTIMIZERS",
     "PRECISIONS",
+    "SCALE_MODES",
     "WINDOW_MODES",
     "check_config",
     "input_multiple",
@@ -50,6 +51,7 @@ OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("step", "poly", "none")
 WINDOW_MODES = ("gaussian", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+SCALE_MODES = ("isotropic", "in_plane")
 AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # the letters of an orientation code, per axis
 
 _CHOICES = {
@@ -61,6 +63,7 @@ _CHOICES = {
     "train.lr_schedule": LR_SCHEDULES,
     "infer.mode": WINDOW_MODES,
     "infer.precision": PRECISIONS,
+    "data.augment.scale_mode": SCALE_MODES,
 }
 
 _AUG = "data.augment."
@@ -108,7 +111,17 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (
         (
             "data.pos_fraction",
-            *(_AUG + p for p in ("flip_prob", "rotate_prob", "scale_prob", "intensity_prob", "noise_prob")),
+            *(
+                _AUG + p
+                for p in (
+                    "flip_prob",
+                    "rotate_prob",
+                    "scale_prob",
+                    "translate_prob",
+                    "intensity_prob",
+                    "noise_prob",
+                )
+            ),
         ),
         lambda v: 0 <= v <= 1,
         "in [0, 1]",
@@ -179,6 +192,7 @@ def _check_lists(cfg: Config) -> None:
     lo, hi = _check_list(cfg, _AUG + "scale_range", 2, lambda v: v > 0, "[min, max] zoom factors > 0")
     if not lo <= hi:
         raise _fail(_AUG + "scale_range", cfg.data.augment.scale_range, "expected [min, max] with min <= max")
+    _check_list(cfg, _AUG + "translate_frac", 3, lambda v: 0 <= v < 1, "fractions of the patch in [0, 1)")
     weights = _check_list(cfg, "train.ds_weights", None, lambda v: v >= 0, "weights >= 0")
     if weights[0] <= 0:
         raise _fail("train.ds_weights", weights, "the first weight (the full-resolution output) must be > 0")

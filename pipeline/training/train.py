@@ -10,7 +10,12 @@ Layout of a fold folder (:class:`pipeline.core.layout.FoldLayout`)::
 
 ``train.batch_size`` counts patches per optimizer step: each volume drawn gives
 ``data.samples_per_volume`` patches, so the loader draws ``batch_size / samples_per_volume``
-volumes per step (at least one).
+volumes per step (at least one). An epoch is one pass over the training cases (unless
+``train.iterations_per_epoch`` is set), so it has ``ceil(cases / volumes per step)`` steps, and the
+step schedule decays every ``train.lr_step_epochs`` of these epochs. The authors' batch of two
+volumes is ``samples_per_volume: 1, batch_size: 2`` (``configs/paper.yaml``): cases / 2 steps per
+epoch, as theirs; the recommended ``samples_per_volume: 2, batch_size: 2`` takes two patches of one
+volume per step, so an epoch has twice the steps and "250 epochs" twice the iterations.
 
 Under ``torchrun`` (see :mod:`pipeline.core.distributed`) ``batch_size`` is per process: a step of N
 processes uses N x ``batch_size`` patches, and an epoch is one pass over the training cases split
@@ -42,6 +47,7 @@ from pipeline.training.handlers import (
     quiet_stats_handler,
     seed_everything,
 )
+from pipeline.training.losses import build_loss
 from pipeline.training.tracking import attach_mlflow
 from transforms import build_train_transforms, build_val_transforms, make_dataset
 
@@ -95,20 +101,10 @@ def split_records(records: list[dict], fold: int, source: str = "manifest") -> t
 # (pipeline.core.config_checks); these builders only map the checked names.
 
 
-def build_loss(cfg: Config) -> torch.nn.Module:
-    """Dice (+ cross-entropy) on softmax outputs, weighted over deep-supervision outputs.
-
-    ``"dice"`` is the paper's soft Dice over all classes including background.
-    """
-    from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
-
-    loss = {"dice_ce": DiceCELoss, "dice": DiceLoss}[cfg.train.loss]
-    base = loss(to_onehot_y=True, softmax=True, include_background=True)
-    return DeepSupervisionLoss(base, weights=list(cfg.train.ds_weights))
-
-
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    """Adam (the paper), or SGD with Nesterov momentum, from ``train.*``."""
+    """Adam (the paper's text) or SGD with Nesterov momentum ``train.momentum`` (the authors' code:
+    0.9), both with ``train.lr`` and L2 ``train.weight_decay``. The schedule is separate
+    (:func:`build_scheduler`)."""
     t = cfg.train
     optimizers = {
         "adam": lambda: torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay),

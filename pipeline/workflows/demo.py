@@ -26,7 +26,7 @@ def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = N
         out: output folder; phantoms go to ``out/data``, the manifest to ``out/data/manifest.csv``.
         n: number of phantoms.
         seed: seed for the phantoms and the folds.
-        cfg: resolved config (default: the paper's settings).
+        cfg: resolved config (default: the recommended settings, ``Config()``).
 
     Returns:
         A dict of the paths it made.

@@ -113,3 +113,15 @@ def test_the_corrected_command_trains_in_the_same_folder(tiny_dataset, tmp_path,
     assert len(err) == 1 and "train.loss" in err[0] and _files(out) == []
     assert main([*argv, "--set", "train.loss=dice_ce"]) == 0, capsys.readouterr().err
     assert (out / "config.yaml").is_file() and (out / "fold_0" / "checkpoints" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("command", ["cv", "compare", "train"])
+def test_cv_and_compare_accept_the_paper_preset(command):
+    from pipeline.cli.commands import _config
+
+    argv = [command, "--manifest", "m.csv", "--out", "runs/x", "--config", "paper"]
+    argv += ["--fold", "0"] if command == "train" else []
+    args = build_parser().parse_args(argv)
+    cfg = _config(args)
+    assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.loss) == ("sgd", 0.9, "dice")
+    assert cfg.data.augment.scale_mode == "in_plane"

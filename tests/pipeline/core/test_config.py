@@ -26,11 +26,47 @@ def test_default_yaml_is_the_dataclass_defaults():
     check_config(Config())  # the defaults pass their own checks
 
 
-def test_paper_settings_are_the_defaults():
+def test_recommended_defaults_keep_the_authors_network_and_patch():
     cfg = Config()
     assert cfg.model.channels == [16, 32, 64, 128, 256]
     assert cfg.data.patch_size == [160, 160, 96]
     assert cfg.train.lr == pytest.approx(1e-4) and cfg.train.batch_size == 2
+
+
+def test_the_paper_preset_is_the_authors_released_recipe():
+    cfg = load_config("paper")
+    d, a, m, t = cfg.data, cfg.data.augment, cfg.model, cfg.train
+    # optimizer: SGD, Nesterov momentum 0.9, lr 1e-4, L2 1e-6
+    assert (t.optimizer, t.momentum, t.lr, t.weight_decay) == (
+        "sgd",
+        0.9,
+        pytest.approx(1e-4),
+        pytest.approx(1e-6),
+    )
+    # soft Dice on the fused output only
+    assert t.loss == "dice" and t.ds_weights == [1.0, 0.0, 0.0, 0.0, 0.0]
+    # step decay x0.5 every 250 epochs, 1000 epochs
+    assert (t.lr_schedule, t.lr_step_epochs, t.lr_gamma, t.epochs) == ("step", 250, 0.5, 1000)
+    # per-volume z-score, 2 mm grid, no body crop, 160x160x96 patches, a batch of two volumes
+    assert d.intensity == "zscore" and d.target_spacing == [2.0, 2.0, 2.0] and d.body_crop is False
+    assert d.patch_size == [160, 160, 96]
+    assert (d.samples_per_volume, t.batch_size, t.iterations_per_epoch) == (1, 2, 0)
+    # flips, rotation 15 degrees, shift 10 % in-plane, zoom 0.7-1.3 with x and y drawn apart, every sample
+    assert a.flip_prob == 0.5 and a.rotate_deg == 15.0 and a.rotate_prob == 1.0
+    assert a.translate_frac == [0.1, 0.1, 0.0] and a.translate_prob == 1.0
+    assert a.scale_mode == "in_plane" and a.scale_range == [0.7, 1.3] and a.scale_prob == 1.0
+    assert a.intensity_prob == 0.0 and a.noise_std == 0.0
+    # the released network: feature scale 4, two gates per level, deep supervision
+    assert m.name == "attention_unet" and m.channels == [16, 32, 64, 128, 256]
+    assert m.gates_per_level == 2 and m.deep_supervision is True
+    assert load_config("paper", ["train.optimizer=adam"]).train.optimizer == "adam"
+
+
+def test_the_defaults_and_the_demo_are_not_called_the_papers():
+    for name in ("default", "demo"):
+        text = (CONFIG_DIR / f"{name}.yaml").read_text()
+        assert "paper's settings" not in text
+    assert "recommended" in (CONFIG_DIR / "default.yaml").read_text().splitlines()[0].lower()
 
 
 def test_demo_overlay_and_overrides():
@@ -123,6 +159,9 @@ def test_model_names_and_input_multiple_are_the_registrys():
         ("train.epochs=0", "train.epochs=0: must be >= 1"),
         ("train.val_interval=0", "train.val_interval=0: must be >= 1"),
         ("data.samples_per_volume=0", "data.samples_per_volume=0: must be >= 1"),
+        ("data.augment.scale_mode=anisotropic", "data.augment.scale_mode='anisotropic' is not allowed"),
+        ("data.augment.translate_frac=[0.1,0.1,1.5]", "data.augment.translate_frac="),
+        ("data.augment.translate_prob=2", "data.augment.translate_prob=2.0: must be in [0, 1]"),
         ("infer.sw_batch_size=0", "infer.sw_batch_size=0: must be >= 1"),
         ("train.lr=0", "train.lr=0.0: must be > 0"),
         ("train.lr=.nan", "train.lr=nan: must be > 0"),

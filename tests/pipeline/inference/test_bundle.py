@@ -18,7 +18,7 @@ from pipeline.cli import main
 from pipeline.core.layout import BundleLayout
 from pipeline.inference.bundle import Ensemble, export_bundle
 from pipeline.inference.package import export_package, model_folds
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 
 CT_SMALL = SHARED_DATA / "totalsegmentator" / "ct_small.nii.gz"
 needs_data = pytest.mark.skipif(not CT_SMALL.is_file(), reason="shared real CT data not present")
@@ -27,6 +27,8 @@ SCHEMA_REQUIRED = (
     "schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
     "task", "description", "authors", "copyright", "network_data_format",
 )  # fmt: skip
+# MONAI's schema itself, so verify_metadata checks the bundle without downloading it (tests/fixtures/README.md)
+SCHEMA_FILE = REPO / "tests" / "fixtures" / "meta_schema_20240725.json"
 TENSOR_REQUIRED = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
 # Run the bundle with MONAI alone: importing this project's packages fails in the subprocess.
 _RUN = (
@@ -69,6 +71,14 @@ def test_bundle_passes_monais_checks_and_its_torchscript_is_the_ensemble(random_
         "1": "pancreas",
     }
     args = {"meta_file": str(layout.metadata), "config_file": str(layout.inference)}
+    # the command a bundle user types; it exits 0 only when the metadata validates against the schema
+    verified = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", args["meta_file"],
+         "--filepath", str(SCHEMA_FILE)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    assert "metadata is verified with no error" in verified.stdout + verified.stderr
     verify_net_in_out(net_id="network_def", device="cpu", n=2, **args)
     workflow = ConfigWorkflow(workflow_type="inference", **args)
     workflow.initialize()

@@ -129,7 +129,8 @@ def _masks(run: Path) -> dict[str, Path]:
         for end in MASK_EXTENSIONS:
             if p.is_file() and p.name.endswith(end) and not p.name.startswith("."):
                 case = p.name[: -len(end)]
-                if not case.endswith(PROBABILITY_TAG):
+                # probability maps: <case>_prob, or <case>_prob_<class> with several classes
+                if not re.search(rf"{PROBABILITY_TAG}(_[A-Za-z][\w-]*)?$", case):
                     found[check_case_id(case, p, ImageError, "rename it or move it out of the folder")] = p
                 break
     return found

@@ -169,7 +169,9 @@ def test_multiclass_gate_scales_each_channel_group_by_its_class_map():
             a = alpha[:, 3 * k : 3 * k + 3][:, groups]  # each channel's map
             sl = slice(8 * k, 8 * k + 8)
             ref = F.conv3d(a * x, conv.weight[sl], conv.bias[sl])
-            ref = F.batch_norm(ref, bn.running_mean[sl], bn.running_var[sl], bn.weight[sl], bn.bias[sl], eps=bn.eps)
+            ref = F.batch_norm(
+                ref, bn.running_mean[sl], bn.running_var[sl], bn.weight[sl], bn.bias[sl], eps=bn.eps
+            )
             torch.testing.assert_close(y[:, sl], ref, atol=1e-5, rtol=1e-5)
     assert alpha.shape == (2, 6, 16, 16, 16)
 

@@ -194,7 +194,7 @@ def write_dicom_seg(
         family=codes.cid7162.ArtificialIntelligence,
     )
     segments = []
-    for number, (k, name) in enumerate(names.items(), 1):
+    for number, name in enumerate(names.values(), 1):
         code = segment_codes(name)
         segments.append(
             hd.seg.SegmentDescription(

@@ -66,7 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["nii.gz", "nii", "nrrd", "mha"],
         help="file formats, cycled over the cases (default nii.gz)",
     )
-    p.add_argument("--manifest", action="store_true", help="also write OUT/manifest.csv")
+    p.add_argument(
+        "--tumour-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of cases (0-1, spread evenly) with a pancreatic lesion, label 2: 20-40 HU below "
+        "the parenchyma, 5-30 mm, a dilated duct upstream in about half of them (default 0: pancreas only, "
+        "the same scans as without this option)",
+    )
+    p.add_argument(
+        "--manifest",
+        action="store_true",
+        help="also write OUT/manifest.csv (label_map 1:pancreas,2:tumour with --tumour-fraction)",
+    )
     p.set_defaults(func=commands.cmd_phantoms)
 
     p = sub.add_parser(
@@ -252,12 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole pipeline on synthetic phantoms",
         description="Generate phantoms, write a manifest with folds, and run the pipeline on them with the "
-        "CPU-sized demo config. Prints what it made.",
+        "CPU-sized demo config. Prints what it made. --tumour runs the 3-class demo (pancreas and tumour).",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--n", type=int, default=12, help="number of phantoms (default 12)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--config", default="demo", help="config file or bundled name (default demo)")
+    p.add_argument(
+        "--tumour",
+        action="store_true",
+        help="pancreas and tumour: a lesion in 2 of 3 phantoms (label 2), and data.class_names=[pancreas,tumour], "
+        "model.out_channels=3 (for nnU-Net-style regions add --set 'data.regions=[[1,2],[2]]' "
+        "--set model.out_channels=2)",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=commands.cmd_demo)
     return parser

@@ -153,7 +153,7 @@ class Predictor:
         """
         item = {"image": record["image"], "case_id": record.get("case_id", "")}
         if with_label and record.get("label"):
-            item["label"] = record["label"]
+            item["label"], item["label_map"] = record["label"], record.get("label_map", "")
         t0 = time.perf_counter()
         data = self.transform(item, end=1)  # the loader is the first step
         t1 = time.perf_counter()

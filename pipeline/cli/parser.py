@@ -101,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-dir", default="labels", help="glob: folder of labels relative to the folder")
     p.add_argument("--label-suffix", default="", help="glob: label name = image name + suffix, e.g. _seg")
     p.add_argument("--subject-regex", default=None, help="glob: regex whose first group is the subject id")
-    p.add_argument("--keep-tumour", action="store_true", help="msd: keep tumour (2) as its own class")
+    p.add_argument(
+        "--keep-tumour",
+        action="store_true",
+        help="msd: keep tumour (2) as its own class (label_map 1:pancreas,2:tumour; train with --config tumour)",
+    )
     p.set_defaults(func=commands.cmd_manifest)
 
     p = sub.add_parser(

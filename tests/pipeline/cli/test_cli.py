@@ -111,3 +111,17 @@ def test_the_corrected_command_trains_in_the_same_folder(tiny_dataset, tmp_path,
     assert len(err) == 1 and "train.loss" in err[0] and _files(out) == []
     assert main([*argv, "--set", "train.loss=dice_ce"]) == 0, capsys.readouterr().err
     assert (out / "config.yaml").is_file() and (out / "fold_0" / "checkpoints" / "best.pt").is_file()
+
+
+def test_phantoms_with_tumours_write_a_3_class_manifest(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from nibabel import load
+
+    out = tmp_path / "ph"
+    argv = ["phantoms", "--out", str(out), "--n", "2", "--shape", "64", "64", "32", "--tumour-fraction", "1"]
+    assert main([*argv, "--manifest"]) == 0
+    df = pd.read_csv(out / "manifest.csv")
+    assert set(df["label_map"]) == {"1:pancreas,2:tumour"}
+    assert all(2 in np.unique(np.asarray(load(out / p).dataobj)) for p in df["label"])
+    assert main(["phantoms", "--out", str(tmp_path / "bad"), "--n", "1", "--tumour-fraction", "2"]) == 2

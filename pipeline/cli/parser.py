@@ -208,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="recompute cases whose output exists")
     p.add_argument("--tta", action="store_true", help="average over in-plane flips (slower, smoother)")
     p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component")
-    p.add_argument("--probabilities", action="store_true", help="also write the pancreas probability map")
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write float32 probability maps beside each mask: CASE_prob.EXT (pancreas), or with several "
+        "classes one CASE_prob_CLASS.EXT per class (one 3-D volume each, as 3D Slicer and ITK-SNAP open them)",
+    )
     p.add_argument(
         "--dicom-seg",
         action="store_true",

@@ -29,8 +29,17 @@ class GridAttentionGate(nn.Module):
     theta's grid (a no-op when the grids already match, as they do in the U-Net). ``psi`` maps to
     ``attention_channels`` maps per gate (1 in the paper); a sigmoid gives alpha, which is resampled
     linearly to x's grid and multiplies x; the output transform ``W`` is a 1^d conv + batch norm.
-    With ``attention_channels = A > 1`` (multi-class attention, not in the paper) x's channels are
-    split into A equal groups and group ``k`` is scaled by map ``k``.
+
+    Multi-class attention (``attention_channels = A > 1``, ``model.multiclass_attention``): the
+    paper proposes "multi-dimensional attention coefficients" for several semantic classes; the
+    authors' released gate always has one map (``psi`` to 1 channel, ``expand_as(x)``). Here ``psi``
+    gives A maps per gate (one per output class of the network) and x's C channels are split into A
+    consecutive groups (sizes differ by at most one when A does not divide C): group ``k`` is scaled by
+    map ``k``, so each class can keep the features it needs where another class's map is low (a
+    small tumour is not suppressed by a map that learnt the whole pancreas). What changes: ``psi`` has
+    A outputs instead of 1 (``inter_channels * (A - 1)`` more weights per gate), the maps are returned
+    with A channels, and W sees group-wise scaled features; the rest of the gate is the same, and
+    A = 1 is the paper's gate exactly.
 
     Several gates are computed together (their theta, phi and W convs stacked along the output
     channels, psi as a grouped conv): the same parameters and arithmetic as separate gates, in a
@@ -48,7 +57,7 @@ class GridAttentionGate(nn.Module):
         num_gates: independent gates.
 
     Raises:
-        ValueError: ``attention_channels`` does not divide ``in_channels``, or ``num_gates < 1``.
+        ValueError: ``attention_channels`` is not in 1..``in_channels``, or ``num_gates < 1``.
     """
 
     def __init__(
@@ -62,9 +71,9 @@ class GridAttentionGate(nn.Module):
         num_gates: int = 1,
     ) -> None:
         super().__init__()
-        if attention_channels < 1 or in_channels % attention_channels:
+        if not 1 <= attention_channels <= in_channels:
             raise ValueError(
-                f"attention_channels={attention_channels} must be >= 1 and divide in_channels={in_channels}"
+                f"attention_channels={attention_channels} must be between 1 and in_channels={in_channels}"
             )
         if num_gates < 1:
             raise ValueError(f"gates_per_level must be >= 1, got {num_gates}")
@@ -77,6 +86,10 @@ class GridAttentionGate(nn.Module):
         self.psi = conv(n * inter, n * attention_channels, kernel_size=1, groups=n, bias=True)
         # W of gate k is rows k*C:(k+1)*C of this conv's weight (the weight shape of a grouped conv)
         self.W = nn.Sequential(conv(in_channels, n * in_channels, kernel_size=1), norm(n * in_channels))
+        # channel c of x is scaled by map group[c]: A consecutive groups of (nearly) equal size
+        self.register_buffer(
+            "group", torch.arange(in_channels) * attention_channels // in_channels, persistent=False
+        )
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gate ``x`` with the gating signal ``g``.
@@ -106,7 +119,8 @@ class GridAttentionGate(nn.Module):
                 alpha.unsqueeze(2).to(z.dtype),
             )
         else:
-            gated = x.view(b, 1, a, c // a, *spatial) * alpha.view(b, n, a, 1, *spatial).to(x.dtype)
+            per_channel = alpha.view(b, n, a, *spatial).index_select(2, self.group)  # (B, n, C, *S)
+            gated = x.view(b, 1, c, *spatial) * per_channel.to(x.dtype)
             gated = _as_layout_of(gated.reshape(b, n * c, *spatial), x)
             y = conv_fn(gated, conv.weight, conv.bias, groups=n)
         y = _as_layout_of(y.reshape(b, n * c, *spatial), x)

@@ -48,9 +48,14 @@ class AttentionUNet(nn.Module):
           instead of being padded by the authors' ``F.pad`` offsets.
         - ``deep_supervision`` only chooses the training-mode output; the heads and their fusion
           always exist (they are the authors' output layer), so the parameter count does not change.
-        - Optional extras not in the paper: ``dropout`` (after each batch norm, 0 by default),
-          ``attention_channels > 1`` (multi-class attention, see the gate), 2-D networks, other
-          depths and widths.
+        - Optional extras not in the paper's released code: ``dropout`` (after each batch norm, 0 by
+          default), 2-D networks, other depths and widths, and ``attention_channels > 1``:
+          multi-class attention, the paper's "multi-dimensional attention coefficients" (the
+          authors' code has one map per gate). Each gate then gives one map per output class and
+          scales its own group of the skip's channels with it
+          (:class:`~models.attention_gate.GridAttentionGate`); ``attention_maps()`` returns the
+          maps with one channel per class. ``model.multiclass_attention`` sets it to
+          ``out_channels`` (background, pancreas, tumour; or one per region).
         - MONAI's ``AttentionUnet`` (a different design: same-resolution gates on every level, no
           deep supervision, transposed convs) is not used.
         - Kaiming init as the authors (conv weights N(0, 2/fan_in), BN weights N(1, 0.02)); conv
@@ -79,11 +84,12 @@ class AttentionUNet(nn.Module):
         deep_supervision: return ``[fused, heads...]`` in training mode.
         gates_per_level: independent gates per gated skip (the released model: 2).
         dropout: dropout probability in the conv blocks.
-        attention_channels: attention maps per gate (1 in the paper).
+        attention_channels: attention maps per gate (1 in the paper; ``out_channels`` for
+            multi-class attention); at most the channels of the finest gated level.
         sub_sample_factor: kernel and stride of the gates' theta conv.
 
     Raises:
-        ValueError: fewer than 3 levels, or a bad ``spatial_dims``/``gates_per_level``.
+        ValueError: fewer than 3 levels, or a bad ``spatial_dims``/``gates_per_level``/``attention_channels``.
     """
 
     def __init__(
@@ -205,7 +211,8 @@ class AttentionUNet(nn.Module):
 
         Returns:
             ``{"level2_gate0": alpha, ...}`` (levels numbered from 1 at full resolution); each alpha
-            has the gated skip's spatial shape, ``attention_channels`` channels and values in [0, 1].
+            has the gated skip's spatial shape, ``attention_channels`` channels (channel k: class k's
+            map with multi-class attention, else the one map) and values in [0, 1].
             Empty for ``attention=False``.
         """
         was_training = self.training

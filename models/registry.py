@@ -59,7 +59,8 @@ def build_model(model_cfg: Any) -> nn.Module:
     """The network described by a :class:`~pipeline.core.config.ModelConfig`.
 
     ``"attention_unet"`` is :class:`AttentionUNet`; ``"unet"`` is the same class with
-    ``attention=False``. ``multiclass_attention`` gives each gate one attention map per class.
+    ``attention=False``. ``multiclass_attention`` gives each gate one attention map per output channel (per class, background
+    included, or per region), each scaling its own group of the skip's channels.
 
     Raises:
         ConfigError: unknown ``model_cfg.name`` or invalid shape settings.

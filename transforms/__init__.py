@@ -15,7 +15,7 @@ from transforms.dataset import make_dataset
 from transforms.geometry import BodyCropd, CTSpacingd
 from transforms.intensity import build_intensity
 from transforms.io import LoadCTd, load_volume
-from transforms.labels import MapLabelsd, parse_label_map
+from transforms.labels import MapLabelsd, labels_to_regions, parse_label_map, regions_to_labels
 from transforms.readers import DicomSeriesReader, NiftiReader, list_dicom_series
 
 __all__ = [
@@ -34,4 +34,6 @@ __all__ = [
     "list_dicom_series",
     "load_volume",
     "parse_label_map",
+    "labels_to_regions",
+    "regions_to_labels",
 ]

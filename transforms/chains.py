@@ -20,6 +20,7 @@ import numpy as np
 from monai.transforms import (
     Invertd,
     Orientationd,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
@@ -60,7 +61,7 @@ def _canonical_steps(cfg: Config, keys: list[str], label_required: bool) -> list
         LoadCTd(keys, image_key="image", dicom_series=cfg.data.dicom_series, allow_missing_keys=allow_missing)
     ]
     if labels:
-        steps.append(MapLabelsd(labels, allow_missing_keys=allow_missing))
+        steps.append(MapLabelsd(labels, allow_missing_keys=allow_missing, class_names=cfg.data.class_names))
     steps.append(
         Orientationd(keys, axcodes=orientation, labels=AXIS_LABELS, allow_missing_keys=allow_missing)
     )
@@ -124,8 +125,10 @@ def build_train_transforms(cfg: Config) -> CTCompose:
     augmentation. Seeded with ``train.seed``.
 
     Each volume yields a list of ``data.samples_per_volume`` patch dicts of ``data.patch_size``;
-    a fraction ``data.pos_fraction`` of them is centred on a label voxel.
-
+    a fraction ``data.pos_fraction`` of them is centred on a label voxel. With several classes that
+    fraction is shared equally between the classes (``RandCropByLabelClassesd``, as nnU-Net
+    oversamples each foreground class): a tumour of a few hundred voxels would otherwise be the
+    centre of almost no patch. One class keeps ``RandCropByPosNegLabeld`` (the same draws as before).
     """
     keys = ["image", "label"]
     patch = [int(v) for v in cfg.data.patch_size]
@@ -137,19 +140,32 @@ def build_train_transforms(cfg: Config) -> CTCompose:
         SpatialPadd("label", spatial_size=patch, value=0),
         build_intensity(cfg, "image"),
         # --- first random transform: everything above is cached by make_dataset ---
-        RandCropByPosNegLabeld(
-            keys,
-            label_key="label",
-            spatial_size=patch,
-            pos=pos,
-            neg=1.0 - pos,
-            num_samples=int(cfg.data.samples_per_volume),
-        ),
+        _patch_sampler(cfg, keys, patch, pos),
         *_augmentation(cfg, keys),
     ]
     chain = CTCompose(steps)
     chain.set_random_state(seed=int(cfg.train.seed))
     return chain
+
+
+def _patch_sampler(cfg: Config, keys: list[str], patch: list[int], pos: float):
+    """Patches centred on foreground (each class alike) with probability ``pos``, else on background."""
+    n = int(cfg.data.samples_per_volume)
+    k = len(cfg.data.class_names)
+    if k == 1:
+        return RandCropByPosNegLabeld(
+            keys, label_key="label", spatial_size=patch, pos=pos, neg=1.0 - pos, num_samples=n
+        )
+    # warn=False: a case without tumour has no voxel of that class; MONAI then draws from the others
+    return RandCropByLabelClassesd(
+        keys,
+        label_key="label",
+        spatial_size=patch,
+        ratios=[1.0 - pos] + [pos / k] * k,
+        num_classes=k + 1,
+        num_samples=n,
+        warn=False,
+    )
 
 
 def invert_to_original(

@@ -1,4 +1,5 @@
-"""Label mapping: a record's ``label_map`` turns file label values into the classes {0, 1}."""
+"""Labels: a record's ``label_map`` turns file label values into the classes 0..K, and nnU-Net-style
+regions convert to and from label maps."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from monai.transforms import MapTransform
 from pipeline.core.errors import ImageError
 from pipeline.core.label_map import parse_label_map
 
-__all__ = ["MapLabelsd", "check_label_values", "parse_label_map", "unique_values"]
+__all__ = [
+    "MapLabelsd",
+    "check_label_values",
+    "labels_to_regions",
+    "parse_label_map",
+    "regions_to_labels",
+    "unique_values",
+]
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -43,13 +51,17 @@ def unique_values(t: torch.Tensor) -> list[float]:
     return [float(v) for v in torch.unique(flat).tolist()]
 
 
-def check_label_values(label: torch.Tensor, text: str, name: str) -> tuple[dict[int, int], list[float]]:
+def check_label_values(
+    label: torch.Tensor, text: str, name: str, class_names: list[str] | None = None
+) -> tuple[dict[int, int], list[float]]:
     """Check that ``label`` holds only 0 and the values its label map names.
 
     Args:
         label: the label volume as stored.
         text: the manifest's ``label_map`` entry (empty: the label must be {0, 1}).
         name: how to name the file in errors.
+        class_names: the foreground classes (``data.class_names``): the map's classes must be
+            0..len; None: any class, names from :data:`pipeline.core.label_map.DEFAULT_CLASS_NAMES`.
 
     Returns:
         (the parsed map, the label's distinct values).
@@ -58,7 +70,8 @@ def check_label_values(label: torch.Tensor, text: str, name: str) -> tuple[dict[
         ImageError: other values occur (the message lists them and says how to map them).
         ManifestError: the label map is malformed.
     """
-    mapping = parse_label_map(text, where=name)
+    classes = None if class_names is None else len(class_names) + 1
+    mapping = parse_label_map(text, where=name, classes=classes, names=class_names)
     values = unique_values(label)
     unexpected = [v for v in values if v != 0 and (not float(v).is_integer() or int(v) not in mapping)]
     if unexpected:
@@ -72,7 +85,7 @@ def check_label_values(label: torch.Tensor, text: str, name: str) -> tuple[dict[
 
 
 class MapLabelsd(MapTransform):
-    """Apply the record's label map, then check that no other values occur; output uint8 {0, 1}.
+    """Apply the record's label map, then check that no other values occur; output uint8 classes.
 
     The map entry is removed from the record (MONAI's ``Spacingd`` treats any ``label_*`` entry as
     the label's meta dict).
@@ -80,6 +93,9 @@ class MapLabelsd(MapTransform):
     Args:
         keys: the label keys.
         map_key: the record key holding the label map string (absent or empty: labels must be {0, 1}).
+        class_names: the foreground classes, class 1 first (``data.class_names``); the map's
+            classes must lie in 0..len(class_names). None accepts any class (evaluation of masks
+            that are already label maps).
 
     Raises:
         ImageError: the label holds values that the map does not name (the message lists them).
@@ -87,10 +103,15 @@ class MapLabelsd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection = "label", map_key: str = "label_map", allow_missing_keys: bool = True
+        self,
+        keys: KeysCollection = "label",
+        map_key: str = "label_map",
+        allow_missing_keys: bool = True,
+        class_names: list[str] | None = None,
     ):
         super().__init__(keys, allow_missing_keys)
         self.map_key = map_key
+        self.class_names = None if class_names is None else [str(n) for n in class_names]
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -99,7 +120,7 @@ class MapLabelsd(MapTransform):
         for key in self.key_iterator(d):
             label = d[key]
             name = str(getattr(label, "meta", {}).get("filename_or_obj", key))
-            mapping, values = check_label_values(label, text, name)
+            mapping, values = check_label_values(label, text, name, self.class_names)
             d[key] = self._apply(label, mapping, values)
         return d
 
@@ -117,3 +138,34 @@ class MapLabelsd(MapTransform):
         if isinstance(label, MetaTensor):
             out = MetaTensor(out, meta=dict(label.meta), applied_operations=list(label.applied_operations))
         return out
+
+
+def labels_to_regions(label: torch.Tensor, regions: list[list[int]]) -> torch.Tensor:
+    """One-hot regions from a label map: channel ``i`` is 1 where the label is in ``regions[i]``.
+
+    Args:
+        label: class map ``(B, 1, *S)`` (any dtype holding whole numbers).
+        regions: e.g. ``[[1, 2], [2]]`` (whole pancreas, tumour).
+
+    Returns:
+        float tensor ``(B, len(regions), *S)`` of 0/1, on ``label``'s device.
+    """
+    lab = label.round().long()
+    return torch.cat([torch.isin(lab, torch.tensor(r, device=lab.device)) for r in regions], dim=1).float()
+
+
+def regions_to_labels(on: torch.Tensor) -> torch.Tensor:
+    """A label map from per-region decisions, as nnU-Net does: label ``i + 1`` wherever region ``i``
+    is on, later regions overwriting earlier ones (so with ``[[1, 2], [2]]`` tumour wins inside the
+    pancreas, and a tumour voxel outside the whole-pancreas region is still tumour).
+
+    Args:
+        on: ``(R, *S)`` region decisions, channel first (e.g. ``sigmoid(logits) > 0.5``).
+
+    Returns:
+        uint8 labels ``(*S)`` with values 0..R.
+    """
+    out = torch.zeros(on.shape[1:], dtype=torch.uint8, device=on.device)
+    for i in range(on.shape[0]):
+        out[on[i].bool()] = i + 1
+    return out

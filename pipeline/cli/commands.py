@@ -68,10 +68,18 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
     start = time.perf_counter()
-    cases = write_phantoms(args.out, n=args.n, seed=args.seed, shape=args.shape, formats=tuple(args.formats))
+    cases = write_phantoms(
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        shape=args.shape,
+        formats=tuple(args.formats),
+        tumour_fraction=args.tumour_fraction,
+    )
     log.info("wrote %d phantoms to %s in %.1f s", len(cases), args.out, time.perf_counter() - start)
     if args.manifest:
-        df = pd.DataFrame([{k: c[k] for k in ("case_id", "subject_id", "image", "label")} for c in cases])
+        cols = ("case_id", "subject_id", "image", "label", "label_map")
+        df = pd.DataFrame([{k: c[k] for k in cols if k in c} for c in cases])
         path = write_manifest(df, manifest_in(args.out), root=args.out)
         log.info("manifest: %s", path)
     return 0
@@ -161,9 +169,17 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo on phantoms."""
-    from pipeline.workflows.demo import run_demo
+    from pipeline.workflows.demo import TUMOUR_FRACTION, TUMOUR_OVERRIDES, run_demo
 
-    run_demo(args.out, n=args.n, seed=args.seed, cfg=_config(args))
+    if args.tumour:  # before the user's --set, so those can still change them (e.g. regions)
+        args.overrides = [*TUMOUR_OVERRIDES, *args.overrides]
+    run_demo(
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        cfg=_config(args),
+        tumour_fraction=TUMOUR_FRACTION if args.tumour else 0.0,
+    )
     return 0
 
 

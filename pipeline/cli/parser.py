@@ -99,7 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["nii.gz", "nii", "nrrd", "mha"],
         help="file formats, cycled over the cases (default nii.gz)",
     )
-    p.add_argument("--manifest", action="store_true", help="also write OUT/manifest.csv")
+    p.add_argument(
+        "--tumour-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of cases (0-1, spread evenly) with a pancreatic lesion, label 2: 20-40 HU below "
+        "the parenchyma, 5-30 mm, a dilated duct upstream in about half of them (default 0: pancreas only, "
+        "the same scans as without this option)",
+    )
+    p.add_argument(
+        "--manifest",
+        action="store_true",
+        help="also write OUT/manifest.csv (label_map 1:pancreas,2:tumour with --tumour-fraction)",
+    )
     p.set_defaults(func=commands.cmd_phantoms)
 
     p = sub.add_parser(
@@ -121,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-dir", default="labels", help="glob: folder of labels relative to the folder")
     p.add_argument("--label-suffix", default="", help="glob: label name = image name + suffix, e.g. _seg")
     p.add_argument("--subject-regex", default=None, help="glob: regex whose first group is the subject id")
-    p.add_argument("--keep-tumour", action="store_true", help="msd: keep tumour (2) as its own class")
+    p.add_argument(
+        "--keep-tumour",
+        action="store_true",
+        help="msd: keep tumour (2) as its own class (label_map 1:pancreas,2:tumour; train with --config tumour)",
+    )
     p.set_defaults(func=commands.cmd_manifest)
 
     p = sub.add_parser(
@@ -229,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="recompute cases whose output exists")
     p.add_argument("--tta", action="store_true", help="average over in-plane flips (slower, smoother)")
     p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component")
-    p.add_argument("--probabilities", action="store_true", help="also write the pancreas probability map")
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write float32 probability maps beside each mask: CASE_prob.EXT (pancreas), or with several "
+        "classes one CASE_prob_CLASS.EXT per class (one 3-D volume each, as 3D Slicer and ITK-SNAP open them)",
+    )
     p.add_argument(
         "--dicom-seg",
         action="store_true",
@@ -308,12 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole pipeline on synthetic phantoms",
         description="Generate phantoms, write a manifest with folds, and run the pipeline on them with the "
-        "CPU-sized demo config. Prints what it made.",
+        "CPU-sized demo config. Prints what it made. --tumour runs the 3-class demo (pancreas and tumour).",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--n", type=int, default=12, help="number of phantoms (default 12)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--config", default="demo", help="config file or bundled name (default demo)")
+    p.add_argument(
+        "--tumour",
+        action="store_true",
+        help="pancreas and tumour: a lesion in 2 of 3 phantoms (label 2), and data.class_names=[pancreas,tumour], "
+        "model.out_channels=3 (for nnU-Net-style regions add --set 'data.regions=[[1,2],[2]]' "
+        "--set model.out_channels=2)",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=commands.cmd_demo)
     return parser

@@ -114,6 +114,13 @@ class DataConfig:
     cache_dir: str = ""  # for cache="disk"; default <run>/cache
     num_workers: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Foreground classes, class 1 first: label values are mapped to them by the manifest's label_map
+    # ("1:pancreas,2:tumour"); model.out_channels must be len + 1 (background), or len(regions).
+    class_names: list[str] = field(default_factory=lambda: ["pancreas"])
+    # nnU-Net-style regions: region i is a set of classes, trained as one sigmoid output; inference
+    # writes label i + 1 where region i is on (later regions win), e.g. [[1, 2], [2]]: whole pancreas,
+    # tumour. Empty: softmax over the classes.
+    regions: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -128,7 +135,7 @@ class ModelConfig:
     deep_supervision: bool = True
     gates_per_level: int = 2  # the released model has two independent gates per level
     dropout: float = 0.0
-    multiclass_attention: bool = False  # one attention map per class in each gate (paper: one map)
+    multiclass_attention: bool = False  # one attention map per foreground class in each gate (paper: one)
 
 
 @dataclass
@@ -176,7 +183,9 @@ class InferConfig:
     tta_flip: bool = False
     keep_largest_component: bool = False
     cpu_stitch_voxels: int = 64_000_000  # stitch on the CPU above this many output voxels
-    save_probabilities: bool = False  # also write <case>_prob.<ext>: float32 foreground probability
+    # also write float32 probabilities: <case>_prob.<ext> (pancreas) with one class, else one
+    # <case>_prob_<class name>.<ext> per foreground class
+    save_probabilities: bool = False
     dicom_seg: bool = False  # DICOM series inputs: also write <case>_seg.dcm (needs highdicom)
     # a folder or manifest: threads that load the next case and write the previous one while the
     # network runs (results identical to 0, serial); -1: 1 per 4 cores, 1..4 (0 on one core)

@@ -85,7 +85,8 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         lambda v: v >= 1,
         ">= 1",
     ),
-    (("model.out_channels", "train.num_folds"), lambda v: v >= 2, ">= 2"),
+    (("model.out_channels",), lambda v: v >= 1, ">= 1"),
+    (("train.num_folds",), lambda v: v >= 2, ">= 2"),
     (
         (
             "data.num_workers",
@@ -231,6 +232,58 @@ def _check_strings(cfg: Config) -> None:
         )
 
 
+_NAME = re.compile(r"[A-Za-z][\w-]*")
+
+
+def _check_classes(cfg: Config) -> None:
+    """Class names, regions, and ``model.out_channels`` following them."""
+    names = cfg.data.class_names
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names)
+        or len({n.lower() for n in names}) != len(names)
+        or any(n.lower() == "background" for n in names)
+    ):
+        raise _fail(
+            "data.class_names",
+            names,
+            "expected one or more distinct names (letters, digits, _ or -; not 'background'), "
+            "class 1 first, e.g. [pancreas, tumour]",
+        )
+    k = len(names)
+    regions = cfg.data.regions
+    if regions:
+        ok = isinstance(regions, list) and all(
+            isinstance(r, list) and r and all(isinstance(c, int) and not isinstance(c, bool) for c in r)
+            for r in regions
+        )
+        if not ok or any(not 1 <= c <= k for r in regions for c in r):
+            raise _fail(
+                "data.regions", regions, f"expected lists of classes 1..{k} (data.class_names {names})"
+            )
+        if len(regions) != k or any(i + 1 not in r for i, r in enumerate(regions)):
+            raise _fail(
+                "data.regions",
+                regions,
+                f"expected one region per class ({k}), region i holding class i+1 "
+                "(it writes that label), e.g. [[1, 2], [2]] for [pancreas, tumour]",
+            )
+        if cfg.model.out_channels != k:
+            raise _fail(
+                "model.out_channels",
+                cfg.model.out_channels,
+                f"must be {k}: one sigmoid output per region of data.regions",
+            )
+    elif cfg.model.out_channels != k + 1:
+        raise _fail(
+            "model.out_channels",
+            cfg.model.out_channels,
+            f"must be {k + 1}: background plus the {k} classes of data.class_names {names} "
+            "(set data.class_names, e.g. [pancreas, tumour] with model.out_channels=3)",
+        )
+
+
 def _check_fingerprint_values(cfg: Config) -> None:
     """The HU statistics ``data.intensity: fingerprint`` normalises with (read by load_config)."""
     if cfg.data.intensity != "fingerprint":
@@ -280,6 +333,7 @@ def check_config(cfg: Config, fingerprint: bool = True) -> Config:
     _check_lists(cfg)
     _check_strings(cfg)
     _check_eval(cfg)
+    _check_classes(cfg)
     if fingerprint:
         _check_fingerprint_values(cfg)
     return cfg

@@ -20,6 +20,7 @@ import pandas as pd
 
 from pipeline.core.constants import IMAGE_EXTENSIONS
 from pipeline.core.errors import ManifestError
+from pipeline.core.label_map import DEFAULT_CLASS_NAMES
 from pipeline.data.manifest import (
     is_dicom_file,
     is_dicom_folder,
@@ -153,6 +154,15 @@ def import_glob(
     return _write(rows, out_csv)
 
 
+def _class_name(value: int, names: dict) -> str:
+    """Our name of an MSD label value: pancreas and tumour (MSD says "cancer") for 1 and 2, else the
+    dataset's own name made into an identifier."""
+    if value in DEFAULT_CLASS_NAMES:
+        return DEFAULT_CLASS_NAMES[value]
+    raw = re.sub(r"[^A-Za-z0-9_-]+", "_", str(names.get(str(value), "")).strip()).strip("_-").lower()
+    return raw if raw[:1].isalpha() else f"class_{value}"
+
+
 def import_msd(
     dataset_json: str | os.PathLike,
     out_csv: str | os.PathLike,
@@ -163,8 +173,10 @@ def import_msd(
 
     Task07 labels are 0 background, 1 pancreas, 2 tumour. By default every foreground label
     becomes class 1 (``label_map`` ``"1:1,2:1"``: tumour merged into pancreas, as in the paper);
-    ``keep_tumour`` keeps each value as its own class (``"1:1,2:2"``, a 3-class problem). The label
-    values come from the file's ``"labels"`` entry (1 and 2 when it is absent).
+    ``keep_tumour`` keeps each value as its own class, named (``"1:pancreas,2:tumour"``, a 3-class
+    problem: train it with ``data.class_names=[pancreas,tumour]`` and ``model.out_channels=3``). The
+    label values come from the file's ``"labels"`` entry (1 and 2 when it is absent); values other
+    than 1 and 2 are named after that entry (``"3:cyst"``).
 
     Args:
         dataset_json: the decathlon ``dataset.json``; its ``"training"`` paths are relative to it.
@@ -188,7 +200,8 @@ def import_msd(
         values = sorted({int(v) for v in data.get("labels", {"1": "", "2": ""})} - {0})
     except (TypeError, ValueError):
         raise ManifestError(f"{path}: 'labels' keys must be integer label values") from None
-    label_map = ",".join(f"{v}:{v if keep_tumour else 1}" for v in values)
+    names = data.get("labels", {}) if isinstance(data.get("labels"), dict) else {}
+    label_map = ",".join(f"{v}:{_class_name(v, names) if keep_tumour else 1}" for v in values)
     entries = [(i, e) for i, e in enumerate(training, 1)]
     entries += [(i, {"image": e}) for i, e in enumerate(data.get("test", []) if include_test else [], 1)]
     rows = []

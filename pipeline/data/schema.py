@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline.core.constants import IMAGE_EXTENSIONS
 from pipeline.core.errors import ManifestError, PipelineError
-from pipeline.core.label_map import parse_label_map
+from pipeline.core.label_map import check_label_map
 
 __all__ = [
     "COLUMNS",
@@ -217,7 +217,7 @@ def validate_manifest(
         except ValueError:
             raise ManifestError(f"{where}: fold {cell['fold'][i]!r} is not a whole number >= 0") from None
         try:
-            parse_label_map(cell["label_map"][i], where=where, classes=None)
+            check_label_map(cell["label_map"][i], where=where)
         except ManifestError as exc:
             raise ManifestError(str(exc)) from None
         if check_files:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from pipeline.core import distributed as dist
 from pipeline.core.errors import OutputError, PipelineError
+from pipeline.core.label_map import class_names
 from pipeline.core.runtime import peak_rss_mb, reset_peak_rss
 from pipeline.inference.dicom_seg import SEG_SUFFIX, require_highdicom, write_dicom_seg
 from pipeline.inference.overlap import overlapped, resolve_workers
 from pipeline.inference.predictor import Pending, Prediction, Predictor
 from pipeline.inference.records import TIMING_COLUMNS, case_record, merge_records, write_record
-from pipeline.inference.writers import PROBABILITY_TAG, output_path, save_like
+from pipeline.inference.writers import output_path, save_like, save_probabilities
 
 __all__ = ["TIMING_COLUMNS", "predict_cases"]
 
@@ -45,11 +46,17 @@ def _save_outputs(
     """Write the extras first and the mask last (its presence marks a finished case); ``before_mask``
     runs when the mask is complete under its temporary name, just before it is renamed into place."""
     case, image = rec["case_id"], rec["image"]
+    names = class_names(predictor.cfg)
     if pred.probability is not None:
-        save_like(pred.probability, pred.affine, output_path(out_dir, case, image, PROBABILITY_TAG), image)
+        save_probabilities(pred.probability, pred.affine, out_dir, case, image, list(names.values()))
     if predictor.cfg.infer.dicom_seg and Path(image).is_dir():
         write_dicom_seg(
-            pred.mask, pred.affine, image, out_dir / f"{case}{SEG_SUFFIX}", predictor.cfg.data.dicom_series
+            pred.mask,
+            pred.affine,
+            image,
+            out_dir / f"{case}{SEG_SUFFIX}",
+            predictor.cfg.data.dicom_series,
+            names,
         )
     target = output_path(out_dir, case, image)
     return save_like(pred.mask, pred.affine, target, reference=image, before_rename=before_mask)

@@ -1,8 +1,16 @@
 """DICOM SEG output for DICOM series inputs (``infer.dicom_seg``), through highdicom.
 
 The SEG object references the source series (study, series and each slice's SOP instance) and
-carries one binary segment, "Pancreas" (SNOMED CT 15776009), on the source slices, so a PACS or
-viewer shows it on top of the scan. highdicom is optional: :func:`require_highdicom` raises a
+carries one binary segment per class on the source slices, so a PACS or viewer shows it on top of
+the scan. Segment k is class k of the label map; its codes (:func:`segment_codes`):
+
+- pancreas: category Anatomical Structure (SCT 91723000), type Pancreas (SCT 15776009);
+- tumour: category Morphologically Abnormal Structure (SCT 49755003), type Neoplasm (SCT 108369006),
+  anatomic region Pancreas (SCT 15776009). Not "Neoplasm of pancreas" (SCT 126859007): that concept
+  is a disorder (a diagnosis), while a SEG's property type names what the voxels are, a morphologic
+  structure, and DICOM's segmentation categories (CID 7150) file lesions as a morphologically abnormal
+  structure whose type is the morphology and whose anatomic region is the organ;
+- any other class name: category Tissue, type Tissue (SCT 85756007), labelled with the name. highdicom is optional: :func:`require_highdicom` raises a
 one-line error when it is asked for and missing.
 
 Anonymised series sometimes blank the identifiers in the dataset itself; the SOP Class/Instance
@@ -26,7 +34,7 @@ from pipeline.core.fileio import atomic_write
 from pipeline.core.geometry import spacing_from_affine
 from transforms import list_dicom_series
 
-__all__ = ["require_highdicom", "write_dicom_seg", "SEG_SUFFIX"]
+__all__ = ["require_highdicom", "segment_codes", "write_dicom_seg", "SEG_SUFFIX"]
 
 log = logging.getLogger("pancreas_seg")
 SEG_SUFFIX = "_seg.dcm"
@@ -128,22 +136,41 @@ def _frames(mask: np.ndarray, affine: np.ndarray, datasets: list, folder: str) -
     return np.stack(frames)
 
 
+def segment_codes(name: str) -> dict:
+    """The SEG codes of a class: ``{"category", "type", "regions"}`` (pydicom ``Code``s; see the module doc)."""
+    from pydicom.sr.codedict import codes
+
+    key = name.lower()
+    if key == "pancreas":
+        return {"category": codes.cid7150.AnatomicalStructure, "type": codes.SCT.Pancreas, "regions": None}
+    if key in ("tumour", "tumor", "lesion", "neoplasm", "cancer"):
+        return {
+            "category": codes.cid7150.MorphologicallyAbnormalStructure,
+            "type": codes.SCT.Neoplasm,
+            "regions": [codes.SCT.Pancreas],
+        }
+    return {"category": codes.cid7150.Tissue, "type": codes.SCT.Tissue, "regions": None}
+
+
 def write_dicom_seg(
     mask: np.ndarray,
     affine: np.ndarray,
     series_folder: str | os.PathLike,
     out_path: str | os.PathLike,
     series_uid: str = "",
+    class_names: dict[int, str] | None = None,
 ) -> Path:
     """Write ``mask`` (on the series' grid, as :class:`~pipeline.inference.predictor.Predictor` returns it) as a
     DICOM SEG that references the series in ``series_folder``; atomically.
 
     Args:
-        mask: label map (X, Y, Z) in the ITK reader's voxel order; voxels > 0 are pancreas.
+        mask: label map (X, Y, Z) in the ITK reader's voxel order, values 0..K.
         affine: the series' RAS affine (as loaded).
         series_folder: the DICOM series folder the mask was predicted from.
         out_path: the ``.dcm`` file to write.
         series_uid: which series, when the folder holds several (``data.dicom_series``).
+        class_names: ``{label value: name}`` (:func:`pipeline.core.label_map.class_names`), one
+            segment each, numbered as the labels; None: ``{1: "pancreas"}``.
 
     Returns:
         ``out_path``.
@@ -157,20 +184,29 @@ def write_dicom_seg(
 
     folder = str(series_folder)
     datasets = _read_sources(_series_files(folder, series_uid), folder)
-    pixels = (_frames(np.asarray(mask), affine, datasets, folder) > 0).astype(np.uint8)
+    names = dict(class_names or {1: "pancreas"})
+    frames = _frames(np.asarray(mask), affine, datasets, folder)
+    # (frames, rows, columns, segments): segment k holds the voxels of label k
+    pixels = np.stack([frames == k for k in names], axis=-1).astype(np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="pancreas-seg attention U-Net",
         version=str(__version__),
         family=codes.cid7162.ArtificialIntelligence,
     )
-    segment = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Pancreas",
-        segmented_property_category=codes.cid7150.AnatomicalStructure,
-        segmented_property_type=codes.SCT.Pancreas,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-    )
+    segments = []
+    for number, name in enumerate(names.values(), 1):
+        code = segment_codes(name)
+        segments.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name.capitalize(),
+                segmented_property_category=code["category"],
+                segmented_property_type=code["type"],
+                anatomic_regions=code["regions"],
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+            )
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's remarks on the source's values (person names ...)
         try:
@@ -178,7 +214,7 @@ def write_dicom_seg(
                 source_images=datasets,
                 pixel_array=pixels,
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                segment_descriptions=[segment],
+                segment_descriptions=segments,
                 series_instance_uid=hd.UID(),
                 series_number=int(datasets[0].get("SeriesNumber") or 0) + 1000,
                 sop_instance_uid=hd.UID(),
@@ -187,7 +223,7 @@ def write_dicom_seg(
                 manufacturer_model_name="Attention U-Net (Oktay et al. 2018)",
                 software_versions=str(__version__),
                 device_serial_number="0",
-                series_description="pancreas-seg: pancreas",
+                series_description="pancreas-seg: " + ", ".join(names.values()),
                 omit_empty_frames=bool(pixels.any()),  # an empty mask still gets its frames
             )
         except (ValueError, TypeError, AttributeError, KeyError) as exc:

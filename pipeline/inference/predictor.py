@@ -29,7 +29,7 @@ from pipeline.core.runtime import (
     prepare_model,
     select_device,
 )
-from transforms import build_infer_transforms, invert_to_original
+from transforms import build_infer_transforms, invert_to_original, regions_to_labels
 
 __all__ = ["Pending", "Prediction", "Predictor", "inference_perf", "keep_largest_component"]
 
@@ -42,7 +42,9 @@ class Prediction:
 
     Attributes:
         mask: uint8 label map on the input grid, in the input file's voxel order.
-        probability: float32 foreground probability on the input grid, or None when not asked for.
+        probability: float32 probabilities on the input grid, or None when not asked for: with one
+            class the foreground probability (X, Y, Z); with K classes (K, X, Y, Z), channel k-1 the
+            probability of class k (softmax), or of region k-1 (``data.regions``: sigmoid).
         affine: the input grid's RAS affine.
         timings: seconds per stage (``load_s``, ``preprocess_s``, ``network_s``, ``stitch_s``, ``invert_s``).
     """
@@ -167,7 +169,7 @@ class Predictor:
         """
         item = {"image": record["image"], "case_id": record.get("case_id", "")}
         if with_label and record.get("label"):
-            item["label"] = record["label"]
+            item["label"], item["label_map"] = record["label"], record.get("label_map", "")
         t0 = time.perf_counter()
         data = self.transform(item, end=1)  # the loader is the first step
         t1 = time.perf_counter()
@@ -185,16 +187,18 @@ class Predictor:
         return torch.device("cpu") if 4 * n > free // 2 else self.device
 
     def probabilities(self, window: torch.Tensor) -> torch.Tensor:
-        """Mean softmax over the networks (and in-plane flips with ``infer.tta_flip``) for a batch of
+        """Mean softmax (sigmoid with ``data.regions``) over the networks (and in-plane flips with ``infer.tta_flip``) for a batch of
         normalised windows (B, 1, X, Y, Z); the sliding window's callable. Call under ``torch.inference_mode()``."""
         t0 = time.perf_counter()
         x = prepare_input(window, self.perf)
         flips = [()] + ([(2,), (3,), (2, 3)] if self.cfg.infer.tta_flip else [])  # in-plane, as training
         total = None
+        # regions: independent sigmoids (a voxel is in "whole pancreas" and "tumour" at once)
+        activation = torch.sigmoid if self.cfg.data.regions else lambda t: torch.softmax(t, dim=1)
         with autocast_context(self.device, self.perf):
             for net in self.networks:
                 for dims in flips:
-                    p = torch.softmax(net(torch.flip(x, dims) if dims else x).float(), dim=1)
+                    p = activation(net(torch.flip(x, dims) if dims else x).float())
                     p = torch.flip(p, dims) if dims else p
                     total = p if total is None else total.add_(p)
         total = total.div_(len(self.networks) * len(flips)).contiguous()
@@ -226,29 +230,36 @@ class Predictor:
         return probs, {"network_s": self._network_s, "stitch_s": max(total - self._network_s, 0.0)}
 
     def postprocess(self, data: dict, probs: torch.Tensor) -> Prediction:
-        """Bring canonical-grid probabilities back to the input grid and threshold them.
+        """Bring canonical-grid probabilities back to the input grid and turn them into labels.
 
         With two classes only the foreground channel is inverted (linear interpolation) and the
-        mask is ``p > 0.5``, the same as the argmax of both channels at half the cost.
+        mask is ``p > 0.5``, the same as the argmax of both channels at half the cost. With more
+        classes the mask is the argmax; with ``data.regions`` each region is ``p > 0.5`` and label
+        ``i + 1`` goes where region ``i`` is on, later regions winning (nnU-Net's conversion).
 
         Args:
             data: the dict :meth:`preprocess` returned (its image carries the applied transforms).
-            probs: (C, X, Y, Z) class probabilities on the canonical grid.
+            probs: (C, X, Y, Z) class (or region) probabilities on the canonical grid.
         """
         from monai.data import MetaTensor
 
         t0 = time.perf_counter()
         image = data["image"]
-        two = probs.shape[0] == 2
+        regions = bool(self.cfg.data.regions)
+        two = probs.shape[0] == 2 and not regions
         pred = probs[1:2] if two else probs
         item = {"image": image, "pred": MetaTensor(pred, meta=dict(image.meta))}  # the meta holds the affine
         inv = torch.as_tensor(invert_to_original(item, self.transform, keys=("pred",), nearest=False)["pred"])
+        keep = self.cfg.infer.save_probabilities
         if two:
             mask = (inv[0] > 0.5).to(torch.uint8).numpy()
-            fg = inv[0] if self.cfg.infer.save_probabilities else None
+            fg = inv[0] if keep else None
+        elif regions:
+            mask = regions_to_labels(inv > 0.5).numpy()
+            fg = (inv[0] if inv.shape[0] == 1 else inv) if keep else None
         else:
             mask = inv.argmax(0).to(torch.uint8).numpy()
-            fg = 1.0 - inv[0] if self.cfg.infer.save_probabilities else None
+            fg = inv[1:] if keep else None
         if self.cfg.infer.keep_largest_component:
             mask = keep_largest_component(mask)
         affine = np.asarray(image.meta.get("original_affine", image.affine), dtype=np.float64)

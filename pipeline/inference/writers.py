@@ -22,12 +22,23 @@ from pipeline.core.fileio import atomic_write
 from pipeline.core.geometry import spacing_from_affine
 from transforms.readers import itk_header_io
 
-__all__ = ["MASK_EXTENSIONS", "PROBABILITY_TAG", "output_suffix", "output_path", "save_like", "itk_geometry"]
+__all__ = [
+    "MASK_EXTENSIONS",
+    "PROBABILITY_TAG",
+    "output_suffix",
+    "output_path",
+    "probability_paths",
+    "save_like",
+    "save_probabilities",
+    "itk_geometry",
+]
 
 _ITK_EXTENSIONS = tuple(e for e in IMAGE_EXTENSIONS if e not in NIFTI_EXTENSIONS)  # written by ITK
 # MetaImage with a detached data file (.mhd + .raw) is written as one .mha file
 _ONE_FILE = {".mhd": ".mha"}
-PROBABILITY_TAG = "_prob"  # <case>_prob<ext>: the foreground probability beside the mask (--probabilities)
+# <case>_prob<ext>: the pancreas probability beside the mask (--probabilities); with several classes
+# one file per class, <case>_prob_<class name><ext>
+PROBABILITY_TAG = "_prob"
 # The endings a mask can have: the input's own, or NIfTI for a DICOM series.
 MASK_EXTENSIONS: tuple[str, ...] = tuple(dict.fromkeys(_ONE_FILE.get(e, e) for e in IMAGE_EXTENSIONS))
 
@@ -46,6 +57,47 @@ def output_path(
 ) -> Path:
     """``out_dir/<case_id><tag><input's suffix>``."""
     return Path(out_dir) / f"{case_id}{tag}{output_suffix(image_path)}"
+
+
+def probability_paths(
+    out_dir: str | os.PathLike, case_id: str, image_path: str | os.PathLike, names: list[str]
+) -> list[Path]:
+    """Where ``--probabilities`` writes: ``<case>_prob<ext>`` for one class, else one
+    ``<case>_prob_<name><ext>`` per class (``names``: the foreground classes, class 1 first)."""
+    if len(names) == 1:
+        return [output_path(out_dir, case_id, image_path, PROBABILITY_TAG)]
+    return [output_path(out_dir, case_id, image_path, f"{PROBABILITY_TAG}_{n}") for n in names]
+
+
+def save_probabilities(
+    probability: np.ndarray,
+    affine: np.ndarray,
+    out_dir: str | os.PathLike,
+    case_id: str,
+    image_path: str | os.PathLike,
+    names: list[str],
+) -> list[Path]:
+    """Write float32 probabilities beside the mask, one 3-D file per foreground class.
+
+    One 3-D file per class rather than one 4-D file: 3D Slicer, ITK-SNAP and nibabel users open each
+    as an ordinary volume on the scan's grid and threshold or overlay it, while a 4-D NIfTI is read
+    by Slicer as a sequence and by many tools not at all. nnU-Net's ``.npz`` (all channels, with
+    background) is for its own ensembling, not for viewing.
+
+    Args:
+        probability: (X, Y, Z) for one class, (K, X, Y, Z) for K classes, on the input's grid.
+        affine, image_path: as :func:`save_like` (``image_path`` is the reference).
+        out_dir, case_id: where, and the file stem.
+        names: the foreground class names, class 1 first.
+
+    Returns:
+        The written paths, class 1 first.
+    """
+    arrays = [probability] if probability.ndim == 3 else list(probability)
+    paths = probability_paths(out_dir, case_id, image_path, names)
+    for array, path in zip(arrays, paths):
+        save_like(array, affine, path, image_path)
+    return paths
 
 
 def itk_geometry(path: str | os.PathLike) -> dict:

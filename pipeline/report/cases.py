@@ -46,8 +46,8 @@ class CaseVolumes:
 
     case_id: str
     image_hu: np.ndarray  # float32 HU; all AIR_HU when the scan is unknown (mask-only view)
-    label: np.ndarray | None  # uint8 {0, 1}
-    pred: np.ndarray | None  # uint8 {0, 1}
+    label: np.ndarray | None  # uint8 class values {0, 1} ({0, 1, 2} with tumour)
+    pred: np.ndarray | None  # uint8 class values, as the label
     spacing: tuple[float, float, float]
     network_input: torch.Tensor | None  # (1, X, Y, Z), intensity-normalised as in training
 
@@ -87,12 +87,13 @@ def load_case(
     data = chain(record, end=last)
     img = data["image"]
     spacing = tuple(float(v) for v in spacing_from_affine(img.affine))
-    lab = np.asarray(data["label"][0] > 0, dtype=np.uint8) if "label" in data else None
+    # class values (0 background, 1 pancreas, 2 tumour ...): each class is drawn in its own colours
+    lab = np.asarray(data["label"][0], dtype=np.uint8) if "label" in data else None
     mask = None
     if pred is not None:
         moving = load_volume(pred, dtype=torch.float32)
         on_grid = ResampleToMatch(mode="nearest", padding_mode="zeros")(moving, img_dst=img)
-        mask = np.asarray(on_grid[0] > 0.5, dtype=np.uint8)
+        mask = np.rint(np.asarray(on_grid[0])).clip(0, 255).astype(np.uint8)
     if image is None:
         return CaseVolumes(case_id, np.full(img.shape[1:], AIR_HU, np.float32), None, mask, spacing, None)
     hu = np.asarray(img[0], dtype=np.float32)

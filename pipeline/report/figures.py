@@ -38,6 +38,8 @@ __all__ = [
     "compose_overlay",
     "compose_attention",
     "save_png",
+    "CLASS_RGB",
+    "class_rgb",
     "plot_curves",
     "colorbar_png",
 ]
@@ -47,6 +49,19 @@ VIEW_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}  # the array axis a view s
 DISPLAY_WINDOW_HU = (-160.0, 240.0)  # abdominal soft-tissue window (W 400, L 40)
 LABEL_RGB = (0, 230, 0)  # label contour: green, drawn on top
 PRED_RGB = (255, 0, 255)  # prediction contour: magenta (distinct from green for colour-blind readers)
+# (label, prediction) contour colours per class value; class 1 keeps green/magenta, so binary reports
+# look as before. Tumour: yellow/cyan, again a pair apart in hue for colour-blind readers.
+CLASS_RGB = {
+    1: (LABEL_RGB, PRED_RGB),
+    2: ((255, 210, 0), (0, 190, 255)),
+    3: ((255, 120, 0), (70, 90, 255)),
+    4: ((255, 255, 255), (160, 0, 0)),
+}
+
+
+def class_rgb(k: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The (label, prediction) contour colours of class value ``k`` (cycling after 4)."""
+    return CLASS_RGB[(int(k) - 1) % len(CLASS_RGB) + 1]
 
 
 def display_plane(volume: np.ndarray, view: str, index: int) -> np.ndarray:
@@ -111,31 +126,47 @@ def compose_overlay(
     """CT slice in a HU window with the label's contour (inside its edge, green) and the
     prediction's (outside its edge, magenta), so a perfect prediction shows both lines.
 
+    With several classes each class value gets its own pair of colours (:func:`class_rgb`;
+    class 1 green/magenta, class 2 yellow/cyan), drawn around ``plane == k``.
+
     Args:
         ct_plane: displayed HU slice (rows, cols); all ``AIR_HU`` for a mask-only view (black).
-        label_plane: displayed label slice, or None.
-        pred_plane: displayed prediction slice, or None.
+        label_plane: displayed label slice (class values), or None.
+        pred_plane: displayed prediction slice (class values), or None.
         scale: (row, column) pixel repeats per voxel.
         window: HU window mapped to black..white.
 
     Returns:
         (RGB uint8 image, ``{"label": (rows, cols), "pred": (rows, cols)}`` pixel coordinates of
-        each contour in the image, as drawn; the label is drawn last, so all its pixels show).
+        each contour in the image, as drawn, all classes together, plus ``"label_<k>"`` and
+        ``"pred_<k>"`` per class value k; the label is drawn last, so all its pixels show).
     """
     rgb = _upscale(_gray(ct_plane, window), scale)
     width = 2 if min(scale) >= 4 else 1
-    edges = {}
-    if pred_plane is not None:
-        edges["pred"] = _boundary(_upscale(np.asarray(pred_plane) > 0, scale), True, width)
-    if label_plane is not None:
-        edges["label"] = _boundary(_upscale(np.asarray(label_plane) > 0, scale), False, width)
-        if "pred" in edges:
-            edges["pred"] &= ~edges["label"]  # the label is drawn on top
+    planes = {"pred": pred_plane, "label": label_plane}
+    values = sorted({int(v) for p in planes.values() if p is not None for v in np.unique(p) if v > 0})
+    edges: dict = {}
+    for key, plane in planes.items():
+        if plane is None:
+            continue
+        up = _upscale(np.asarray(plane), scale)
+        for k in values:
+            edges[f"{key}_{k}"] = _boundary(up == k, key == "pred", width)
+        edges[key] = np.zeros(up.shape, bool)
+        for k in values:
+            edges[key] |= edges[f"{key}_{k}"]
+    if "label" in edges and "pred" in edges:  # the label is drawn on top
+        for k in values:
+            edges[f"pred_{k}"] &= ~edges["label"]
+        edges["pred"] &= ~edges["label"]
     drawn: dict = {}
-    for key, colour in (("pred", PRED_RGB), ("label", LABEL_RGB)):
-        if key in edges:
-            rgb[edges[key]] = colour
-            drawn[key] = np.nonzero(edges[key])
+    for key in ("pred", "label"):
+        if key not in edges:
+            continue
+        for k in values:
+            rgb[edges[f"{key}_{k}"]] = class_rgb(k)[key == "pred"]
+            drawn[f"{key}_{k}"] = np.nonzero(edges[f"{key}_{k}"])
+        drawn[key] = np.nonzero(edges[key])
     return rgb, drawn
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.layout import report_link
-from pipeline.report.figures import LABEL_RGB, PRED_RGB
+from pipeline.report.figures import LABEL_RGB, PRED_RGB, class_rgb
 
 __all__ = [
     "esc",
@@ -186,15 +186,28 @@ def figure(src: str, caption: str = "", alt: str = "", width: int | None = None)
     return f'<figure><img src="{esc(src)}" alt="{esc(alt or caption)}"{w}>{cap}</figure>'
 
 
-def legend() -> str:
-    """The colour key and display convention of the slice overlays."""
+def legend(class_names: dict[int, str] | None = None) -> str:
+    """The colour key and display convention of the slice overlays.
+
+    Args:
+        class_names: ``{class value: name}``; with more than one class each gets its colour pair.
+    """
 
     def swatch(rgb: tuple) -> str:
         return f'<span class="swatch" style="background:rgb{tuple(rgb)}"></span>'
 
+    names = dict(class_names or {1: "pancreas"})
+    if len(names) == 1:
+        key = f"{swatch(LABEL_RGB)}label (inside its edge){swatch(PRED_RGB)}prediction (outside its edge)"
+    else:
+        key = "; ".join(
+            f"{esc(name)}: {swatch(class_rgb(k)[0])}label {swatch(class_rgb(k)[1])}prediction"
+            for k, name in names.items()
+        )
+        key += " (labels inside their edge, predictions outside)"
     return (
-        f'<p class="meta">{swatch(LABEL_RGB)}label (inside its edge){swatch(PRED_RGB)}prediction (outside its '
-        "edge). Canonical grid, radiological display: axial and coronal show the patient's right on the left, "
+        f'<p class="meta">{key}. '
+        "Canonical grid, radiological display: axial and coronal show the patient's right on the left, "
         "axial anterior up, coronal/sagittal superior up, sagittal anterior left. CT window W400/L40.</p>"
     )
 

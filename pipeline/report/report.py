@@ -31,6 +31,7 @@ from models import build_model, count_parameters
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import CheckpointError, ConfigError, ImageError, ManifestError, UsageError, writing
 from pipeline.core.fileio import atomic_outputs
+from pipeline.core.label_map import class_names
 from pipeline.core.layout import FoldLayout, OutputLayout, RunLayout, fold_name, report_link
 from pipeline.core.runtime import select_device
 from pipeline.data.manifest import case_records, read_manifest
@@ -130,7 +131,8 @@ def _masks(run: Path) -> dict[str, Path]:
         for end in MASK_EXTENSIONS:
             if p.is_file() and p.name.endswith(end) and not p.name.startswith("."):
                 case = p.name[: -len(end)]
-                if not case.endswith(PROBABILITY_TAG):
+                # probability maps: <case>_prob, or <case>_prob_<class> with several classes
+                if not re.search(rf"{PROBABILITY_TAG}(_[A-Za-z][\w-]*)?$", case):
                     found[check_case_id(case, p, ImageError, "rename it or move it out of the folder")] = p
                 break
     return found
@@ -220,7 +222,7 @@ def _cv_body(run: Path, records: dict, source: str, max_cases: int, tmp: Path) -
     links = {c: "#" + _anchor(c) for c in shown["case_id"] if c in records}
     body = _cv_tables(run, cfg, prov, metrics, links, bool(records), tmp)
     gated = cfg.model.name != "unet"
-    overlays, attention, nets = [legend()], [], {}
+    overlays, attention, nets = [legend(class_names(cfg))], [], {}
     try:
         device = select_device(cfg.perf)
     except ConfigError:  # a run trained on a GPU, reported on a machine without one

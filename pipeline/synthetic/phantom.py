@@ -8,11 +8,17 @@ a model must use context. Anatomy is drawn in world (RAS, mm) coordinates (:mod:
 and sampled at each voxel's ``affine @ ijk``, so RAS, LPS and oblique storage of one seed show the same
 body. The HU map gets a smooth per-tissue texture, a Gaussian partial-volume blur, then white noise.
 
+With ``tumour=True`` a hypo-attenuating lesion (label 2) and sometimes a dilated duct are added
+(:mod:`pipeline.synthetic.tumour`), from a fourth random stream of the seed: the other three streams,
+so the anatomy, grid and texture, stay as without it, and the default (no tumour) is bit-identical
+to phantoms made before lesions existed.
+
 Everything is drawn from the seed: the same seed gives identical arrays and affine.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Sequence
@@ -28,6 +34,7 @@ from pipeline.core.errors import ImageError, UsageError
 from pipeline.core.fileio import atomic_outputs
 from pipeline.core.geometry import spacing_from_affine
 from pipeline.synthetic.anatomy import Anatomy, Canvas, Tissue, rz
+from pipeline.synthetic.tumour import TUMOUR_LABEL, Lesion, draw_lesion, hu_shift, paint_lesion
 
 __all__ = [
     "Phantom",
@@ -60,10 +67,12 @@ class Phantom:
 
     Attributes:
         image: int16 HU, shape (X, Y, Z) in voxel order i, j, k.
-        label: uint8 {0 background, 1 pancreas}, same shape; one connected component.
+        label: uint8 {0 background, 1 pancreas, 2 tumour}, same shape; the pancreas is one connected
+            component (with its lesion).
         affine: 4x4 float64 voxel-to-world matrix, RAS mm (the nibabel convention).
         spacing: voxel size in mm along i, j, k.
         orientation: "RAS", "LPS" or "oblique" (rotated 10-20 degrees about z).
+        lesion: the drawn lesion (:class:`~pipeline.synthetic.tumour.Lesion`), or None.
     """
 
     image: np.ndarray
@@ -71,6 +80,7 @@ class Phantom:
     affine: np.ndarray
     spacing: tuple[float, float, float]
     orientation: str
+    lesion: Lesion | None = None
 
 
 def make_phantom(
@@ -78,6 +88,7 @@ def make_phantom(
     shape: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
     orientation: str | None = None,
+    tumour: bool = False,
 ) -> Phantom:
     """Generate one phantom.
 
@@ -88,6 +99,8 @@ def make_phantom(
             of view spans about 150-200 mm in-plane and 90-250 mm along z (cut to those ranges).
         orientation: "RAS", "LPS" or "oblique". The anatomy does not depend on it: one seed in RAS and
             in LPS is the same body on the same voxel centres, stored in a different order.
+        tumour: add a lesion (label 2) on the visible part of the pancreas: 20-40 HU below the
+            parenchyma, 5-30 mm, with a dilated duct upstream in about half the cases.
 
     Returns:
         The :class:`Phantom`; the field of view is centred on a point of the pancreas.
@@ -95,10 +108,10 @@ def make_phantom(
     Raises:
         UsageError: a bad argument, or a grid too small or coarse to contain any pancreas voxel.
     """
-    return _generate(seed, shape, spacing, orientation)[0]
+    return _generate(seed, shape, spacing, orientation, tumour)[0]
 
 
-def _generate(seed, shape, spacing, orientation) -> tuple[Phantom, np.ndarray]:
+def _generate(seed, shape, spacing, orientation, tumour: bool = False) -> tuple[Phantom, np.ndarray]:
     """:func:`make_phantom`, also returning the tissue-id map (:class:`Tissue`) for tests."""
     shape, spacing, orientation = _check(seed, shape, spacing, orientation)
     geo, anat, intensity = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
@@ -110,15 +123,26 @@ def _generate(seed, shape, spacing, orientation) -> tuple[Phantom, np.ndarray]:
     canvas = Canvas(shape, affine)
     body.render(canvas)
     _keep_one_pancreas(canvas, body)
+    lesion, shift = None, None
+    if tumour:  # a fourth stream: the three above draw exactly what they draw without a tumour
+        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
+        lesion = draw_lesion(rng, body, canvas)
+        if lesion is not None:
+            in_lesion, duct = paint_lesion(lesion, body, canvas)
+            lesion = lesion if in_lesion.any() else None
+            shift = lambda parenchyma, les=lesion: hu_shift(les, in_lesion, duct, parenchyma)  # noqa: E731
     label = (canvas.tissue == T.PANCREAS).astype(np.uint8)
     if not label.any():
         raise UsageError(
             f"phantom grid {shape} at {spacing} mm holds no pancreas voxel; use a finer or larger grid"
         )
+    if lesion is not None:
+        label[in_lesion] = TUMOUR_LABEL
     # Texture and noise are drawn in RAS voxel order, so RAS and LPS copies of a seed hold the same image.
     flips = tuple(a for a in range(3) if affine[np.argmax(np.abs(affine[:3, a])), a] < 0)
-    image = _render_hu(canvas.tissue, spacing, intensity, flips)
-    return Phantom(image, label, affine, tuple(float(v) for v in spacing), orientation), canvas.tissue
+    image = _render_hu(canvas.tissue, spacing, intensity, flips, shift)
+    grid = tuple(float(v) for v in spacing)
+    return Phantom(image, label, affine, grid, orientation, lesion), canvas.tissue
 
 
 def _draw_grid(geo: np.random.Generator, shape, spacing, orientation) -> tuple:
@@ -173,8 +197,14 @@ def _keep_one_pancreas(canvas: Canvas, body: Anatomy) -> None:
         block[(lab > 0) & (lab != biggest)] = T.FAT
 
 
-def _render_hu(tissue: np.ndarray, spacing, rng: np.random.Generator, flips: tuple[int, ...]) -> np.ndarray:
-    """HU image: per-tissue value + smooth texture, partial-volume blur, then white noise."""
+def _render_hu(
+    tissue: np.ndarray, spacing, rng: np.random.Generator, flips: tuple[int, ...], shift=None
+) -> np.ndarray:
+    """HU image: per-tissue value + smooth texture, partial-volume blur, then white noise.
+
+    ``shift``: None, or a function of the case's parenchyma HU giving a float32 map added before the
+    blur (a lesion and its duct: darker than the pancreas they are drawn as).
+    """
     lut, amp = np.zeros(256, np.float32), np.zeros(256, np.float32)
     for t, (lo, hi, a) in _HU.items():
         lut[t], amp[t] = rng.uniform(lo, hi), a
@@ -186,6 +216,8 @@ def _render_hu(tissue: np.ndarray, spacing, rng: np.random.Generator, flips: tup
     texture *= field
     hu += texture
     del texture, field
+    if shift is not None:
+        hu += shift(float(lut[T.PANCREAS]))
     # Partial volume: a voxel integrates its own extent (~0.42 voxel sigma) and the scanner's PSF.
     sigma = np.sqrt(0.42**2 + (psf_mm / np.asarray(spacing)) ** 2)
     hu = ndimage.gaussian_filter(hu, sigma, mode="nearest", truncate=3.0)
@@ -266,11 +298,14 @@ def write_phantoms(
     seed: int = 0,
     shape: tuple[int, int, int] | None = None,
     formats: Sequence[str] = ("nii.gz",),
+    tumour_fraction: float = 0.0,
 ) -> list[dict]:
     """Write ``n`` phantoms to ``out_dir/images`` and ``out_dir/labels`` (``phantom_000`` ...).
 
     Case i uses orientation ``ORIENTATIONS[i % 3]`` (RAS, LPS, oblique), format ``formats[i % len]``
-    and seed :func:`case_seed`; shape (unless given) and spacing vary from case to case.
+    and seed :func:`case_seed`; shape (unless given) and spacing vary from case to case. With
+    ``tumour_fraction`` F, ``floor(F * n)`` cases spread evenly over the indices get a lesion
+    (case i when ``floor((i + 1) F) > floor(i F)``), the others none.
 
     Args:
         out_dir: destination folder (created).
@@ -278,13 +313,15 @@ def write_phantoms(
         seed: base seed.
         shape: fixed shape for all cases; None draws one per case.
         formats: file types to cycle through, from ``FORMATS``.
+        tumour_fraction: fraction of cases with a lesion (label 2), in [0, 1].
 
     Returns:
         One dict per case: case_id, subject_id, image and label (paths relative to ``out_dir``),
-        orientation and spacing.
+        orientation and spacing; with tumour_fraction > 0 also ``label_map``
+        (``"1:pancreas,2:tumour"``) and ``tumour_mm`` (the drawn lesion diameter, 0 for none).
 
     Raises:
-        UsageError: bad n, seed, shape or formats. OutputError: a file cannot be written.
+        UsageError: bad n, seed, shape, formats or tumour_fraction. OutputError: a file cannot be written.
     """
     fmts = [str(f).lower().lstrip(".") for f in formats]
     if not fmts or any(f not in FORMATS for f in fmts):
@@ -292,14 +329,22 @@ def write_phantoms(
     if not isinstance(n, numbers.Integral) or n < 1:
         raise UsageError(f"number of phantoms must be a positive integer, got {n!r}")
     _check(seed, shape, None, None)
+    f = tumour_fraction
+    if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 <= f <= 1:
+        raise UsageError(f"tumour fraction must be a number in [0, 1], got {f!r}")
     rows = []
     for i in range(n):
         case, fmt = f"phantom_{i:03d}", fmts[i % len(fmts)]
-        ph = make_phantom(case_seed(seed, i), shape=shape, orientation=ORIENTATIONS[i % len(ORIENTATIONS)])
+        tumour = math.floor((i + 1) * f) > math.floor(i * f)
+        orientation = ORIENTATIONS[i % len(ORIENTATIONS)]
+        ph = make_phantom(case_seed(seed, i), shape=shape, orientation=orientation, tumour=tumour)
         image, label = f"images/{case}.{fmt}", f"labels/{case}.{fmt}"
         save_phantom(ph, Path(out_dir) / image, Path(out_dir) / label)
-        rows.append(
-            {"case_id": case, "subject_id": f"subject_{i:03d}", "image": image, "label": label}
-            | {"orientation": ph.orientation, "spacing": ph.spacing}
-        )
+        row = {"case_id": case, "subject_id": f"subject_{i:03d}", "image": image, "label": label}
+        if f > 0:
+            row |= {
+                "label_map": "1:pancreas,2:tumour",
+                "tumour_mm": ph.lesion.diameter_mm if ph.lesion else 0.0,
+            }
+        rows.append(row | {"orientation": ph.orientation, "spacing": ph.spacing})
     return rows

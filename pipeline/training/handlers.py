@@ -51,6 +51,14 @@ class EpochCSVLogger:
     """Add one row per epoch to a CSV (rewritten atomically) and log a one-line summary.
 
     Attach after the ``ValidationHandler`` so the epoch's validation Dice is known.
+
+    Args:
+        path: the CSV (``fold_<k>/log.csv``).
+        optimizer: its first group's learning rate is logged.
+        evaluator: the validation engine whose ``val_dice`` is logged.
+        write: False on torchrun ranks > 0.
+        extra_columns: further evaluator metrics to log after ``epoch_seconds`` (the per-class
+            ``val_dice_<class>``).
     """
 
     def __init__(
@@ -59,8 +67,10 @@ class EpochCSVLogger:
         optimizer: torch.optim.Optimizer,
         evaluator: Engine | None = None,
         write: bool = True,
+        extra_columns: list[str] | None = None,
     ):
         self.path = Path(path)
+        self.columns = (*LOG_COLUMNS, *(extra_columns or []))
         self.optimizer = optimizer
         self.evaluator = evaluator
         self.write = write  # False on torchrun ranks > 0: they only take part in the loss average
@@ -91,7 +101,7 @@ class EpochCSVLogger:
         """Rewrite the whole log atomically: a kill mid-write leaves the previous epoch's file, never a
         partial row (a few hundred short rows at most)."""
         buffer = io.StringIO()
-        w = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(self._rows)
         atomic_write_text(self.path, buffer.getvalue())
@@ -109,11 +119,15 @@ class EpochCSVLogger:
 
     def _epoch(self, engine: Engine) -> None:
         val = best = ""
+        extra: dict[str, str] = {}
         ev = self.evaluator
         # Only epochs whose validation ran get a value (the evaluator's epoch is the trainer's then).
         if ev is not None and ev.state.iteration and ev.state.epoch == engine.state.epoch:
             val = ev.state.metrics.get("val_dice", "")
             best = ev.state.best_metric if ev.state.best_metric != -1 else ""
+            for col in self.columns[len(LOG_COLUMNS) :]:
+                v = ev.state.metrics.get(col, "")
+                extra[col] = f"{float(v):.6g}" if v != "" else ""
 
         loss = mean_across_ranks(sum(self._losses), len(self._losses))  # over all ranks' steps
         if not self.write:
@@ -125,10 +139,12 @@ class EpochCSVLogger:
             "best_val_dice": f"{best:.6g}" if best != "" else "",
             "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
             "epoch_seconds": f"{time.perf_counter() - self._t0:.3f}",
+            **extra,
         }
         self._rows.append(row)
         self._save()
         val_txt = f"  val dice {float(val):.4f} (best {float(best):.4f})" if val != "" else ""
+        val_txt += "".join(f"  {c[len('val_dice_') :]} {float(v):.4f}" for c, v in extra.items() if v != "")
         log.info(
             "epoch %d/%d  loss %.4f%s  lr %s  %.1f s",
             engine.state.epoch,

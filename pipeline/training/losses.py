@@ -13,6 +13,7 @@ import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
 
 from pipeline.core.config import Config
+from pipeline.training.classes import RegionLoss
 
 __all__ = ["WeightedDeepSupervisionLoss", "build_loss"]
 
@@ -47,14 +48,20 @@ def build_loss(cfg: Config) -> torch.nn.Module:
     """Dice (+ cross-entropy) on softmax outputs, weighted over deep-supervision outputs.
 
     ``train.loss: dice`` is the paper's soft Dice over all classes including background (MONAI's
-    ``DiceLoss``: per sample and class, then averaged; smoothing 1e-5 where the authors add 0.01).
+    ``DiceLoss``: per sample and class, then averaged; smoothing 1e-5 where the authors add 0.01),
+    or over all regions with sigmoid outputs when ``data.regions`` is set; ``dice_ce`` adds
+    cross-entropy (binary cross-entropy per region).
 
     Args:
-        cfg: the config (``train.loss``, ``train.ds_weights``), checked when it was loaded.
+        cfg: the config (``train.loss``, ``train.ds_weights``, ``data.regions``), checked when it
+            was loaded.
 
     Returns:
         The loss module: ``loss(outputs, label)``.
     """
     loss = {"dice_ce": DiceCELoss, "dice": DiceLoss}[cfg.train.loss]
-    base = loss(to_onehot_y=True, softmax=True, include_background=True)
+    if cfg.data.regions:
+        base = RegionLoss(loss(sigmoid=True, include_background=True), cfg.data.regions)
+    else:
+        base = loss(to_onehot_y=True, softmax=True, include_background=True)
     return WeightedDeepSupervisionLoss(base, weights=list(cfg.train.ds_weights))

@@ -6,6 +6,7 @@ Layout of a fold folder (:class:`pipeline.core.layout.FoldLayout`)::
     fold_<k>/checkpoints/best.pt      best validation Dice (network only)
     fold_<k>/checkpoints/final.pt     after the last epoch (network only)
     fold_<k>/log.csv                  epoch, loss, val_dice, best_val_dice, lr, epoch_seconds
+                                      (+ val_dice_<class> per class with two or more classes)
     fold_<k>/tensorboard/             TensorBoard event files
 
 ``train.batch_size`` counts patches per optimizer step: each volume drawn gives
@@ -39,6 +40,7 @@ from pipeline.core.config import Config, config_to_dict
 from pipeline.core.errors import ManifestError
 from pipeline.core.layout import FoldLayout, RunLayout
 from pipeline.core.runtime import autocast_context, configure_process, prepare_model, select_device
+from pipeline.training.classes import class_metrics, val_postprocessing
 from pipeline.training.handlers import (
     AtomicCheckpointer,
     AutocastInferer,
@@ -153,14 +155,12 @@ def build_engines(
     from monai.handlers import (
         EarlyStopHandler,
         LrScheduleHandler,
-        MeanDice,
         TensorBoardStatsHandler,
         ValidationHandler,
         from_engine,
         stopping_fn_from_metric,
     )
     from monai.inferers import SimpleInferer, SlidingWindowInferer
-    from monai.transforms import AsDiscreted, Compose
 
     fold = FoldLayout(fold_dir)
     configure_process(cfg.perf)
@@ -193,12 +193,7 @@ def build_engines(
         return inferer if cuda_amp else AutocastInferer(inferer, lambda: autocast_context(device, cfg.perf))
 
     roi = list(cfg.infer.roi_size or cfg.data.patch_size)
-    val_post = Compose(
-        [
-            AsDiscreted(keys="pred", argmax=True, to_onehot=cfg.model.out_channels),
-            AsDiscreted(keys="label", to_onehot=cfg.model.out_channels),
-        ]
-    )
+    key_metric, per_class = class_metrics(cfg)  # mean foreground Dice; and per class with several
     evaluator = SupervisedEvaluator(
         device=device,
         val_data_loader=val_loader,
@@ -207,10 +202,9 @@ def build_engines(
             SlidingWindowInferer(roi, cfg.infer.sw_batch_size, cfg.infer.overlap, mode=cfg.infer.mode)
         ),
         prepare_batch=_prepare_batch_fn(cfg.perf.channels_last),
-        postprocessing=val_post,
-        key_val_metric={
-            "val_dice": MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))
-        },
+        postprocessing=val_postprocessing(cfg),
+        key_val_metric=key_metric,
+        additional_metrics=per_class or None,
         amp=cuda_amp,
     )
     trainer = SupervisedTrainer(
@@ -234,7 +228,7 @@ def build_engines(
     LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
     ValidationHandler(validator=evaluator, interval=cfg.train.val_interval, epoch_level=True).attach(trainer)
     # Every rank takes part in the epoch's loss average; only rank 0 writes files.
-    EpochCSVLogger(fold.log, optimizer, evaluator, write=main).attach(trainer)
+    EpochCSVLogger(fold.log, optimizer, evaluator, write=main, extra_columns=list(per_class)).attach(trainer)
     if main:
         AtomicCheckpointer(
             fold.checkpoints,

@@ -14,19 +14,28 @@ from pipeline.data.manifest import assign_folds, describe_folds, write_manifest
 from pipeline.synthetic.phantom import write_phantoms
 from pipeline.workflows.cv import format_summary, run_cv
 
-__all__ = ["run_demo"]
+__all__ = ["TUMOUR_FRACTION", "TUMOUR_OVERRIDES", "run_demo"]
 
 log = logging.getLogger("pancreas_seg")
+# `demo --tumour`: the 3-class problem of MSD Task07 (background, pancreas, tumour), and lesions in
+# two of three phantoms (so every fold sees cases with and without a tumour)
+TUMOUR_OVERRIDES = ("data.class_names=[pancreas,tumour]", "model.out_channels=3")
+TUMOUR_FRACTION = 2 / 3
 
 
-def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = None) -> dict:
+def run_demo(
+    out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = None, tumour_fraction: float = 0.0
+) -> dict:
     """Generate ``n`` phantoms, a manifest with folds, run a short cross-validation, write the report.
 
     Args:
         out: output folder; phantoms go to ``out/data``, the manifest to ``out/data/manifest.csv``.
         n: number of phantoms.
         seed: seed for the phantoms and the folds.
-        cfg: resolved config (default: the recommended settings, ``Config()``).
+        cfg: resolved config (default: the recommended settings, ``Config()``); with tumours it must
+            have the classes pancreas and tumour (:data:`TUMOUR_OVERRIDES`).
+        tumour_fraction: fraction of phantoms with a lesion (label 2; the manifest's label_map
+            is then ``1:pancreas,2:tumour``).
 
     Returns:
         A dict of the paths it made.
@@ -35,9 +44,10 @@ def run_demo(out: str | Path, n: int = 12, seed: int = 0, cfg: Config | None = N
     out = Path(out)
     data_dir = out / "data"
     start = time.perf_counter()
-    cases = write_phantoms(data_dir, n=n, seed=seed)
+    cases = write_phantoms(data_dir, n=n, seed=seed, tumour_fraction=tumour_fraction)
     log.info("[demo] %d phantoms in %s (%.1f s)", len(cases), data_dir, time.perf_counter() - start)
-    df = pd.DataFrame([{k: c[k] for k in ("case_id", "subject_id", "image", "label")} for c in cases])
+    cols = ("case_id", "subject_id", "image", "label", "label_map")
+    df = pd.DataFrame([{k: c[k] for k in cols if k in c} for c in cases])
     df = assign_folds(df, cfg.train.num_folds, seed=seed)
     manifest = write_manifest(df, manifest_in(data_dir), root=data_dir)
     log.info("[demo] manifest with %d folds: %s\n%s", cfg.train.num_folds, manifest, describe_folds(df))

@@ -144,13 +144,36 @@ def test_stacked_gates_equal_independent_gates():
 
 def test_multiclass_attention_gives_one_map_per_class():
     torch.manual_seed(0)
-    model = AttentionUNet(channels=TINY, out_channels=2, attention_channels=2).train()
+    # 3 classes on levels of 6 and 9 channels: groups of unequal size
+    model = AttentionUNet(channels=(4, 6, 9, 12, 16), out_channels=3, attention_channels=3).train()
     x = torch.randn(1, 1, 32, 32, 32)
     maps = model.attention_maps(x)
-    assert maps["level2_gate0"].shape == (1, 2, 16, 16, 16)
+    assert sorted(maps) == [f"level{lv}_gate{k}" for lv in (2, 3, 4) for k in (0, 1)]
+    assert maps["level2_gate0"].shape == (1, 3, 16, 16, 16) and maps["level3_gate1"].shape[1] == 3
+    assert all(float(m.min()) >= 0 and float(m.max()) <= 1 for m in maps.values())
+    assert not torch.equal(maps["level2_gate0"][:, 0], maps["level2_gate0"][:, 1])  # maps of their own
     sum(o.mean() for o in model(x)).backward()
-    with pytest.raises(ValueError, match="divide"):
-        AttentionUNet(channels=(4, 6, 9, 12, 16), attention_channels=2)
+    with pytest.raises(ValueError, match="between 1 and in_channels"):
+        AttentionUNet(channels=(4, 6, 9, 12, 16), attention_channels=7)
+
+
+def test_multiclass_gate_scales_each_channel_group_by_its_class_map():
+    torch.manual_seed(0)
+    gate = GridAttentionGate(3, in_channels=8, gating_channels=16, attention_channels=3, num_gates=2).eval()
+    x, g = torch.randn(2, 8, 16, 16, 16), torch.randn(2, 16, 8, 8, 8)
+    with torch.no_grad():
+        y, alpha = gate(x, g)
+        conv, bn = gate.W
+        groups = [0, 0, 0, 1, 1, 1, 2, 2]  # 8 channels in 3 groups: 3, 3, 2
+        for k in range(2):
+            a = alpha[:, 3 * k : 3 * k + 3][:, groups]  # each channel's map
+            sl = slice(8 * k, 8 * k + 8)
+            ref = F.conv3d(a * x, conv.weight[sl], conv.bias[sl])
+            ref = F.batch_norm(
+                ref, bn.running_mean[sl], bn.running_var[sl], bn.weight[sl], bn.bias[sl], eps=bn.eps
+            )
+            torch.testing.assert_close(y[:, sl], ref, atol=1e-5, rtol=1e-5)
+    assert alpha.shape == (2, 6, 16, 16, 16)
 
 
 def test_two_d_variant():

@@ -125,3 +125,17 @@ def test_cv_and_compare_accept_the_paper_preset(command):
     cfg = _config(args)
     assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.loss) == ("sgd", 0.9, "dice")
     assert cfg.data.augment.scale_mode == "in_plane"
+
+
+def test_phantoms_with_tumours_write_a_3_class_manifest(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from nibabel import load
+
+    out = tmp_path / "ph"
+    argv = ["phantoms", "--out", str(out), "--n", "2", "--shape", "64", "64", "32", "--tumour-fraction", "1"]
+    assert main([*argv, "--manifest"]) == 0
+    df = pd.read_csv(out / "manifest.csv")
+    assert set(df["label_map"]) == {"1:pancreas,2:tumour"}
+    assert all(2 in np.unique(np.asarray(load(out / p).dataobj)) for p in df["label"])
+    assert main(["phantoms", "--out", str(tmp_path / "bad"), "--n", "1", "--tumour-fraction", "2"]) == 2

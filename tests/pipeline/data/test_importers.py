@@ -104,7 +104,7 @@ def msd_task(root: Path, n: int = 3, labels: dict | None = None) -> Path:
     return root / "dataset.json"
 
 
-@pytest.mark.parametrize("keep_tumour, label_map", [(False, "1:1,2:1"), (True, "1:1,2:2")])
+@pytest.mark.parametrize("keep_tumour, label_map", [(False, "1:1,2:1"), (True, "1:pancreas,2:tumour")])
 def test_import_msd_rows_paths_and_label_map(tmp_path: Path, keep_tumour: bool, label_map: str) -> None:
     ds = msd_task(tmp_path / "Task07_Pancreas")
     df = import_msd(ds, tmp_path / "Task07_Pancreas" / "manifest.csv", keep_tumour=keep_tumour)
@@ -276,3 +276,11 @@ def test_importers_are_reexported_from_manifest() -> None:
     import pipeline.data.manifest as manifest
 
     assert manifest.import_msd is import_msd and manifest.read_splits is read_splits
+
+
+def test_import_msd_keep_tumour_names_other_values_after_the_dataset(tmp_path: Path) -> None:
+    ds = msd_task(
+        tmp_path / "T", labels={"0": "background", "1": "pancreas", "2": "cancer", "3": "Cyst wall"}
+    )
+    df = import_msd(ds, tmp_path / "T" / "manifest.csv", keep_tumour=True)
+    assert set(df["label_map"]) == {"1:pancreas,2:tumour,3:cyst_wall"}

@@ -32,6 +32,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "InferConfig",
+    "QCConfig",
     "PerfConfig",
     "Config",
     "CONFIG_DIR",
@@ -160,6 +161,17 @@ class InferConfig:
     cpu_stitch_voxels: int = 64_000_000  # stitch on the CPU above this many output voxels
     save_probabilities: bool = False  # also write <case>_prob.<ext>: float32 foreground probability
     dicom_seg: bool = False  # DICOM series inputs: also write <case>_seg.dcm (needs highdicom)
+    statistics: bool = True  # write statistics.csv/.json (volume, HU, border, QC) beside the masks
+
+
+@dataclass
+class QCConfig:
+    """When ``infer`` marks a case for review (``review`` column of ``statistics.csv``)."""
+
+    min_fold_dice: float = 0.8  # "folds disagree" below this mean pairwise Dice of the folds' masks
+    max_volume_cv: float = 0.15  # ... or above this coefficient of variation of the folds' volumes
+    max_entropy: float = 0.35  # ... or above this mean entropy (0..1) inside the union of masks
+    min_volume_ml: float = 10.0  # "tiny volume" below this (healthy adult pancreas ~60 mL)
 
 
 @dataclass
@@ -184,6 +196,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    qc: QCConfig = field(default_factory=QCConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
 
 

@@ -19,7 +19,8 @@ A CV or training run folder (:class:`RunLayout`)::
     <run>/report.html, report_files/  ``pancreas-seg report``
 
 An inference output folder (:class:`OutputLayout`): the masks, ``timings.csv``, ``inputs.csv`` (the
-scans behind the masks) and, by default, ``evaluate``'s ``metrics.csv``.
+scans behind the masks), ``statistics.csv``/``.json`` (volume, HU, QC), ``longitudinal.csv`` and,
+by default, ``evaluate``'s ``metrics.csv`` and ``reference_statistics.csv``.
 
 Only paths are built here; nothing is read or written beyond ``exists``/``glob`` listings.
 """
@@ -124,6 +125,26 @@ class OutputLayout(_Folder):
     def metrics(self) -> Path:
         """Where ``pancreas-seg evaluate`` writes its table unless told otherwise."""
         return self.dir / _METRICS
+
+    @property
+    def statistics(self) -> Path:
+        """Per case and class: volume, HU, extent, border flag, QC (``pancreas-seg infer``/``statistics``)."""
+        return self.dir / "statistics.csv"
+
+    @property
+    def statistics_json(self) -> Path:
+        """The same rows as :attr:`statistics`, with the units of each column."""
+        return self.dir / "statistics.json"
+
+    @property
+    def reference_statistics(self) -> Path:
+        """``pancreas-seg evaluate``: the statistics of the reference labels."""
+        return self.dir / "reference_statistics.csv"
+
+    @property
+    def longitudinal(self) -> Path:
+        """Per subject and date: volume and HU change between scans (``pancreas-seg statistics``)."""
+        return self.dir / "longitudinal.csv"
 
     @property
     def records(self) -> Path:

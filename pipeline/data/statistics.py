@@ -29,6 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.errors import writing
+from pipeline.core.fileio import atomic_write, atomic_write_text
+from transforms.io import load_volume, match_label_grid
+from transforms.readers import choose_series
+
 __all__ = [
     "STAT_COLUMNS",
     "DICOM_COLUMNS",
@@ -37,6 +42,8 @@ __all__ = [
     "slice_thickness_mm",
     "dicom_metadata",
     "measure_files",
+    "UNITS",
+    "write_statistics",
 ]
 
 DICOM_COLUMNS = ("study_instance_uid", "series_instance_uid", "acquisition_date")
@@ -62,6 +69,14 @@ STAT_COLUMNS: tuple[str, ...] = (
     *DICOM_COLUMNS,
 )
 _HU_KEYS = ("hu_mean", "hu_median", "hu_std", "hu_p05", "hu_p95")
+# The unit of each numeric column, written into statistics.json beside the rows.
+UNITS: dict[str, str] = {
+    "voxels": "count",
+    "volume_ml": "mL",
+    **{c: "HU" for c in _HU_KEYS},
+    **{c: "mm" for c in STAT_COLUMNS if c.endswith("_mm")},
+    "acquisition_date": "ISO date",
+}
 
 
 def voxel_volume_mm3(affine: np.ndarray) -> float:
@@ -187,8 +202,6 @@ def dicom_metadata(path: str | os.PathLike, dicom_series: str = "") -> dict:
     """
     import itk
 
-    from transforms.readers import choose_series
-
     out = {c: "" for c in DICOM_COLUMNS}
     p = Path(path)
     if not p.is_dir():
@@ -233,8 +246,6 @@ def measure_files(
     """
     import torch
 
-    from transforms.io import load_volume, match_label_grid
-
     image = load_volume(image_path, dicom_series=dicom_series, dtype=torch.float32)
     mask = load_volume(mask_path, dtype=None)
     mask = match_label_grid(image, mask, str(image_path), str(mask_path))
@@ -242,5 +253,46 @@ def measure_files(
     if not np.issubdtype(m.dtype, np.integer):
         m = np.rint(m).astype(np.int32)  # a float-typed label file
     return measure(
-        m, np.asarray(image[0]), np.asarray(image.affine), classes, case_id, dicom_metadata(image_path, dicom_series)
+        m,
+        np.asarray(image[0]),
+        np.asarray(image.affine),
+        classes,
+        case_id,
+        dicom_metadata(image_path, dicom_series),
     )
+
+
+def write_statistics(
+    table,
+    csv_path: str | os.PathLike,
+    json_path: str | os.PathLike | None = None,
+    units: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a statistics table as CSV (and as JSON: ``{"units": {...}, "rows": [...]}``), atomically.
+
+    Args:
+        table: a DataFrame of :data:`STAT_COLUMNS` rows (more columns are kept after them).
+        csv_path: the CSV.
+        json_path: the JSON, or None for none.
+        units: units of extra columns, merged with :data:`UNITS`.
+
+    Raises:
+        OutputError: a file cannot be written (nothing half-written is left).
+    """
+    import json
+
+    cols = [c for c in STAT_COLUMNS if c in table.columns] + [
+        c for c in table.columns if c not in STAT_COLUMNS
+    ]
+    table = table[cols]
+    with writing(csv_path):
+        atomic_write(csv_path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    if json_path is not None:
+        all_units = {**UNITS, **(units or {})}
+        rows = json.loads(table.to_json(orient="records"))
+        text = json.dumps(
+            {"units": {c: u for c, u in all_units.items() if c in cols}, "rows": rows}, indent=1
+        )
+        with writing(json_path):
+            atomic_write_text(json_path, text)
+    return Path(csv_path)

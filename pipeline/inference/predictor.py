@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from pipeline.core.runtime import (
     prepare_model,
     select_device,
 )
+from pipeline.inference.qc import ensemble_scores
 from transforms import build_infer_transforms, invert_to_original
 
 __all__ = ["Prediction", "Predictor", "inference_perf", "keep_largest_component"]
@@ -45,12 +46,15 @@ class Prediction:
         probability: float32 foreground probability on the input grid, or None when not asked for.
         affine: the input grid's RAS affine.
         timings: seconds per stage (``load_s``, ``preprocess_s``, ``network_s``, ``stitch_s``, ``invert_s``).
+        extras: with ``infer.statistics``: ``"image"``, the scan as loaded (HU, input grid, the
+            mask's voxel order) and ``"qc"``, :func:`pipeline.inference.qc.ensemble_scores`.
     """
 
     mask: np.ndarray
     probability: np.ndarray | None
     affine: np.ndarray
     timings: dict
+    extras: dict = field(default_factory=dict)
 
 
 def inference_perf(cfg: Config, device: torch.device) -> PerfConfig:
@@ -118,6 +122,8 @@ class Predictor:
             prepare_model(prepare_for_inference(n.eval()), self.device, self.perf) for n in networks
         ]
         self.transform = build_infer_transforms(cfg, with_label=True)  # the label only when asked for
+        # QC needs each network's foreground too; stitched as extra channels of the same windows
+        self.fold_qc = bool(cfg.infer.statistics) and len(self.networks) > 1
         self._check_window()
         self._network_s = 0.0
 
@@ -154,8 +160,11 @@ class Predictor:
             item["label"] = record["label"]
         t0 = time.perf_counter()
         data = self.transform(item, end=1)  # the loader is the first step
+        original = data["image"].as_tensor() if self.cfg.infer.statistics else None
         t1 = time.perf_counter()
         data = self.transform(data, start=1)
+        if original is not None:  # the HU of the input's own grid, for statistics.csv
+            data["original_image"] = original
         return data, {"load_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}
 
     def _stitch_device(self, spatial: Sequence[int]) -> torch.device:
@@ -174,14 +183,21 @@ class Predictor:
         t0 = time.perf_counter()
         x = prepare_input(window, self.perf)
         flips = [()] + ([(2,), (3,), (2, 3)] if self.cfg.infer.tta_flip else [])  # in-plane, as training
-        total = None
+        total, folds = None, []
         with autocast_context(self.device, self.perf):
             for net in self.networks:
+                before = total[:, 0].clone() if self.fold_qc and total is not None else None
                 for dims in flips:
                     p = torch.softmax(net(torch.flip(x, dims) if dims else x).float(), dim=1)
                     p = torch.flip(p, dims) if dims else p
                     total = p if total is None else total.add_(p)
-        total = total.div_(len(self.networks) * len(flips)).contiguous()
+                if self.fold_qc:  # this network's foreground: 1 - its mean background probability
+                    bg = total[:, 0] if before is None else total[:, 0] - before
+                    folds.append(1.0 - bg / len(flips))
+        total = total.div_(len(self.networks) * len(flips))
+        if folds:  # stitched with the classes; sliding_window splits them off again
+            total = torch.cat([total, torch.stack(folds, 1)], 1)
+        total = total.contiguous()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time is the network's, not the stitching's
         self._network_s += time.perf_counter() - t0
@@ -208,6 +224,21 @@ class Predictor:
             probs = inferer(x, self.probabilities)[0].cpu()
         total = time.perf_counter() - t0
         return probs, {"network_s": self._network_s, "stitch_s": max(total - self._network_s, 0.0)}
+
+    def _scores(self, data: dict, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Split the folds' channels off ``probs`` and score the case (:mod:`pipeline.inference.qc`)."""
+        c = int(self.cfg.model.out_channels)
+        folds = probs[c:] if self.fold_qc else None
+        probs = probs[:c]
+        if not self.cfg.infer.statistics:
+            return probs, {}
+        t0 = time.perf_counter()
+        voxel_ml = (
+            float(abs(np.linalg.det(np.asarray(data["image"].affine, dtype=np.float64)[:3, :3]))) / 1000
+        )
+        scores = ensemble_scores(probs, folds, voxel_ml)
+        scores["qc_s"] = time.perf_counter() - t0
+        return probs, scores
 
     def postprocess(self, data: dict, probs: torch.Tensor) -> Prediction:
         """Bring canonical-grid probabilities back to the input grid and threshold them.
@@ -247,6 +278,9 @@ class Predictor:
         """
         data, t = self.preprocess(record)
         probs, t_sw = self.sliding_window(data["image"])
+        probs, scores = self._scores(data, probs)
         out = self.postprocess(data, probs)
         out.timings = {**t, **t_sw, **out.timings}
+        if "original_image" in data:
+            out.extras = {"image": data["original_image"], "qc": scores}
         return out

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import ImageError
-from pipeline.data.statistics import STAT_COLUMNS, measure, measure_files, slice_thickness_mm, write_statistics
+from pipeline.data.statistics import (
+    STAT_COLUMNS,
+    measure,
+    measure_files,
+    slice_thickness_mm,
+    write_statistics,
+)
 from tests.pipeline.data.conftest import DICOM_DIR, needs_dicom
 
 PANCREAS = {1: "pancreas"}
@@ -18,7 +24,9 @@ PANCREAS = {1: "pancreas"}
 
 def _oblique_affine(spacing=(0.7, 0.9, 2.5), origin=(-30.0, 12.0, 40.0)) -> np.ndarray:
     c, s = math.cos(math.radians(25)), math.sin(math.radians(25))
-    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, 0.96, -0.28], [0, 0.28, 0.96]])
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.array(
+        [[1, 0, 0], [0, 0.96, -0.28], [0, 0.28, 0.96]]
+    )
     aff = np.eye(4)
     aff[:3, :3] = rot @ np.diag(spacing)
     aff[:3, 3] = origin
@@ -69,8 +77,13 @@ def test_bbox_is_the_extent_in_mm_and_a_missing_class_gets_an_empty_row():
 
 @pytest.mark.parametrize(
     "lo,hi,touches",
-    [((5, 6, 3), (15, 18, 9), False), ((0, 6, 3), (15, 18, 9), True), ((5, 6, 3), (15, 18, 20), True),
-     ((5, 6, 1), (15, 36, 19), True), ((1, 1, 1), (39, 35, 19), False)],
+    [
+        ((5, 6, 3), (15, 18, 9), False),
+        ((0, 6, 3), (15, 18, 9), True),
+        ((5, 6, 3), (15, 18, 20), True),
+        ((5, 6, 1), (15, 36, 19), True),
+        ((1, 1, 1), (39, 35, 19), False),
+    ],
 )
 def test_touches_border_both_ways(lo, hi, touches):
     mask = np.zeros((40, 36, 20), np.uint8)

@@ -51,10 +51,13 @@ def ensemble_scores(probs: torch.Tensor, fold_fg: torch.Tensor | None, voxel_ml:
         union = folds.any(0)
     else:
         folds = None
-        union = probs.argmax(0) > 0
+        union = probs[0] < 0.5 if probs.shape[0] == 2 else probs.argmax(0) > 0
+    box = _box(union)  # the rest works inside the union's bounding box: a pancreas is small
+    union, probs = union[box], probs[(slice(None), *box)]
+    folds = None if folds is None else folds[(slice(None), *box)]
     out = {"qc_fold_dice": math.nan, "qc_volume_cv": math.nan, "qc_entropy": 0.0, "fold_volumes_ml": []}
     if bool(union.any()):
-        p = probs[:, union].double().clamp_min(1e-12)  # only the union's voxels: a pancreas is small
+        p = probs[:, union].double().clamp_min(1e-12)
         h = -(p * p.log()).sum(0) / math.log(probs.shape[0])
         out["qc_entropy"] = float(h.mean())
     if folds is not None:
@@ -70,6 +73,15 @@ def ensemble_scores(probs: torch.Tensor, fold_fg: torch.Tensor | None, voxel_ml:
         out["fold_volumes_ml"] = [float(s) * voxel_ml for s in sizes]
     out["qc_score"] = out["qc_entropy"]
     return out
+
+
+def _box(mask: torch.Tensor) -> tuple[slice, ...]:
+    """The bounding box of ``mask``'s true voxels (empty slices when there are none)."""
+    out = []
+    for axis in range(mask.ndim):
+        hit = torch.nonzero(mask.any(dim=tuple(a for a in range(mask.ndim) if a != axis))).flatten()
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1) if len(hit) else slice(0, 0))
+    return tuple(out)
 
 
 def review(rows: Sequence[dict], scores: dict, qc: QCConfig, ct_like: bool = True) -> tuple[str, str]:

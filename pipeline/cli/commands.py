@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+from pipeline.cli.study import cmd_statistics, follow_up
 from pipeline.core.config import load_config
 from pipeline.core.errors import ManifestError, UsageError
 from pipeline.core.layout import OutputLayout, RunLayout, manifest_in
@@ -263,7 +264,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     out = predict_cases(predictor, records, args.out, overwrite=args.overwrite)
     out["failed"] = {**refused, **out["failed"]}
     if predictor.cfg.infer.statistics and distributed.is_main():
-        _follow_up(records, OutputLayout(args.out), None)
+        follow_up(records, OutputLayout(args.out), None)
     log.info(
         "%d written, %d skipped (exist), %d failed -> %s",
         len(out["written"]),
@@ -324,67 +325,4 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     table = run_compare(_config(args), args.manifest, args.out, _folds_arg(args.folds))
     log.info("%s", table)
-    return 0
-
-
-def _find_mask(folder: Path, case_id: str, image: str) -> Path | None:
-    """``folder/<case_id>.<ext>``: the input's own ending first (as ``infer`` names masks), then any mask ending."""
-    from pipeline.inference.writers import MASK_EXTENSIONS, output_path
-
-    first = output_path(folder, case_id, image)
-    found = [first] + [folder / f"{case_id}{ext}" for ext in MASK_EXTENSIONS]
-    return next((p for p in found if p.is_file()), None)
-
-
-def _follow_up(records: list, out: OutputLayout, error_pct: float | None) -> None:
-    """``longitudinal.csv`` from ``out``'s statistics, when a subject has scans at two or more dates."""
-    import pandas as pd
-
-    from pipeline.evaluation.longitudinal import longitudinal_table, write_longitudinal
-
-    if not out.statistics.exists():
-        return
-    stats = pd.read_csv(out.statistics, dtype={"case_id": str, "acquisition_date": str})
-    stats["acquisition_date"] = stats["acquisition_date"].fillna("")
-    table = longitudinal_table(stats, records, error_pct)
-    if len(table):
-        log.info(
-            "follow-up of %d subject(s): %s",
-            table["subject_id"].nunique(),
-            write_longitudinal(table, out.longitudinal),
-        )
-
-
-def cmd_statistics(args: argparse.Namespace) -> int:
-    """Volume, HU, extent and border flag of existing masks on their scans (masks of any tool)."""
-    import pandas as pd
-
-    from pipeline.core.label_map import class_names
-    from pipeline.data.manifest import case_records, read_manifest
-    from pipeline.data.statistics import measure_files, write_statistics
-    from pipeline.evaluation.longitudinal import measurement_error_pct
-
-    cfg = _config(args, fingerprint=False)
-    error = measurement_error_pct(args.cv_summary) if args.cv_summary else None  # before any work
-    records = case_records(read_manifest(args.manifest))
-    masks = Path(args.masks)
-    if not masks.is_dir():
-        raise UsageError(f"{masks}: --masks must be a folder of masks named <case_id>.<ext>")
-    rows, missing = [], []
-    for r in records:
-        mask = _find_mask(masks, r["case_id"], r["image"])
-        if mask is None:
-            missing.append(r["case_id"])
-            continue
-        rows += measure_files(r["image"], mask, class_names(cfg), r["case_id"], cfg.data.dicom_series)
-    if not rows:
-        raise ManifestError(f"{masks}: no masks found for the cases of {args.manifest} (<case_id>.<ext>)")
-    if missing:
-        log.warning("warning: no mask for %d case(s): %s", len(missing), ", ".join(missing[:10]))
-    out = OutputLayout(args.out or masks)
-    table = pd.DataFrame(rows)
-    write_statistics(table, out.statistics, out.statistics_json)
-    cols = ["case_id", "label", "voxels", "volume_ml", "hu_mean", "touches_border"]
-    log.info("%s\nwrote %s", table[cols].to_string(index=False), out.statistics)
-    _follow_up(records, out, error)
     return 0

@@ -11,9 +11,7 @@ the folder opens offline and can be moved or zipped as a whole). For a CV run:
 * for the worst few of them, each attention gate's coefficients on the axial slice (the paper's
   Figure 3), computed with the best checkpoint of the fold that held the case out.
 
-CV runs also get the volume agreement (Bland-Altman) and the QC score's Spearman rho against Dice;
-inference folders the review list of ``statistics.csv`` (which orders the overlays, cases to review
-first) and one follow-up plot per subject (:mod:`pipeline.report.study`).
+Study sections (volume agreement, QC against Dice, review list, follow-up): :mod:`pipeline.report.study`.
 
 For an inference folder (masks + ``timings.csv``): the timings table and the prediction overlays
 (the scans come from ``--manifest``, or the folder's ``manifest.csv``/``inputs.csv`` if present;

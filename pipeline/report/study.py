@@ -162,6 +162,6 @@ def infer_study_sections(
             name = f"followup_{i:03d}.png"
             followup_png(rows, str(subject), files / name)
             figs.append(figure(report_link(name), alt=f"follow-up of {subject}", width=320))
-        shown = long.drop(columns=[c for c in ("timepoint",) if long[c].isna().all()])
+        shown = long.drop(columns=[c for c in ("timepoint",) if c in long and long[c].isna().all()])
         out.append(section("Follow-up per subject", "followup", *figs, table(shown, True, "followup")))
     return out, order

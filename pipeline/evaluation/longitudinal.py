@@ -86,7 +86,8 @@ def longitudinal_table(
     Args:
         statistics: rows of :data:`pipeline.data.statistics.STAT_COLUMNS` (``case_id``, ``label``,
             ``volume_ml``, ``hu_mean``, ``acquisition_date``).
-        records: the manifest's records (``case_id``, ``subject_id``, ``acquired``?, ``timepoint``?).
+        records: the manifest's records (``case_id``, ``subject_id``, ``acquired``?, ``timepoint``?); a
+            record without ``subject_id`` (a scan given by ``infer --input``) is its own subject.
         error_pct: the least significant change (%), or None.
 
     Returns:
@@ -102,7 +103,12 @@ def longitudinal_table(
         if when is None:
             continue
         rows.append(
-            {**row, "subject_id": str(rec["subject_id"]), "timepoint": rec.get("timepoint", ""), "date": when}
+            {
+                **row,
+                "subject_id": str(rec.get("subject_id") or rec["case_id"]),
+                "timepoint": rec.get("timepoint", ""),
+                "date": when,
+            }
         )
     out = []
     for (subject, label), group in (

@@ -87,3 +87,20 @@ def test_no_statistics_writes_none(tmp_path, ckpts):  # noqa: F811
     assert not predictor.fold_qc
     assert not predict_cases(predictor, [{"case_id": "a", "image": str(image)}], out)["failed"]
     assert (out / "a.nii.gz").exists() and not OutputLayout(out).statistics.exists()
+
+
+def test_infer_on_a_manifest_with_dates_writes_the_follow_up(tmp_path, ckpts):  # noqa: F811
+    from pipeline.cli import main
+
+    for name, seed in (("v1", 5), ("v2", 6)):
+        image, _ = _phantom(tmp_path, name, seed=seed)
+    (tmp_path / "m.csv").write_text(
+        "case_id,subject_id,image,acquired,timepoint\nv2,s,v2.nii.gz,2024-05-01,b\nv1,s,v1.nii.gz,2024-01-01,a\n"
+    )
+    out = tmp_path / "out"
+    argv = ["infer", "--model", str(ckpts[0]), "--input", str(tmp_path / "m.csv"), "--out", str(out)]
+    assert main(argv + ["--precision", "fp32"]) == 0
+    long = pd.read_csv(OutputLayout(out).longitudinal)
+    assert list(long["case_id"]) == ["v1", "v2"] and long["days_since_previous"].iloc[1] == 121
+    stats = pd.read_csv(OutputLayout(out).statistics).set_index("case_id")
+    assert long["volume_ml"].iloc[1] == pytest.approx(stats.loc["v2", "volume_ml"])

@@ -93,10 +93,14 @@ def main() -> None:
         print(f"  Spearman rho({score}, Dice) = {r:.3f} over {n} cases")
     print(f"  review flag catches {_caught(metrics, stats)}")
     cols = ["case_id", "volume_ml", "qc_fold_dice", "qc_volume_cv", "qc_score", "review", "review_reasons"]
-    print(stats[cols].merge(metrics[["case_id", "dice", "ref_volume_ml"]], on="case_id").to_string(index=False))
+    print(
+        stats[cols].merge(metrics[["case_id", "dice", "ref_volume_ml"]], on="case_id").to_string(index=False)
+    )
     t = pd.read_csv(OutputLayout(pred_dir).timings)
     share = (t["statistics_s"] / t["total_s"]).mean()
-    print(f"  statistics + QC: {t['statistics_s'].mean():.3f} s per scan, {100 * share:.1f} % of total_s (mean)")
+    print(
+        f"  statistics + QC: {t['statistics_s'].mean():.3f} s per scan, {100 * share:.1f} % of total_s (mean)"
+    )
     print("reports:", write_report(run), write_report(pred_dir, manifest=test))
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+from pipeline.cli.study import cmd_statistics, follow_up
 from pipeline.core.config import load_config
 from pipeline.core.errors import ManifestError, UsageError
 from pipeline.core.layout import OutputLayout, RunLayout, manifest_in
@@ -29,6 +30,7 @@ __all__ = [
     "cmd_evaluate",
     "cmd_report",
     "cmd_compare",
+    "cmd_statistics",
 ]
 
 log = logging.getLogger("pancreas_seg")
@@ -268,6 +270,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     overrides += ["infer.dicom_seg=true"] if args.dicom_seg else []
     overrides += [f"infer.precision={args.precision}"] if args.precision else []
     overrides += [f"infer.workers={args.workers}"] if args.workers is not None else []
+    overrides += ["infer.statistics=false"] if args.no_statistics else []
     records = discover_inputs(args.input)
     predictor = load_predictor(args.model, overrides)
     if predictor.cfg.infer.dicom_seg and any(Path(r["image"]).is_dir() for r in records):
@@ -278,6 +281,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     distributed.join(predictor.cfg.perf)
     out = predict_cases(predictor, records, args.out, overwrite=args.overwrite)
     out["failed"] = {**refused, **out["failed"]}
+    if predictor.cfg.infer.statistics and distributed.is_main():
+        follow_up(records, OutputLayout(args.out), None)
     log.info(
         "%d written, %d skipped (exist), %d failed -> %s",
         len(out["written"]),
@@ -326,7 +331,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a folder of predictions."""
     from pipeline.core.label_map import class_names
     from pipeline.data.manifest import case_records, read_manifest
-    from pipeline.evaluation.evaluate import evaluate_cases, summarize, write_summary, write_table
+    from pipeline.data.statistics import write_statistics
+    from pipeline.evaluation.evaluate import summarize, write_summary, write_table
+    from pipeline.evaluation.volumes import evaluate_with_volumes, volume_agreement
     from pipeline.inference.writers import output_path
     from pipeline.workflows.cv import probability_files
 
@@ -344,11 +351,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ManifestError(f"{args.pred}: no predictions found for the cases of {args.manifest}")
     if missing:
         log.warning("warning: no prediction for %d case(s): %s", len(missing), ", ".join(missing[:10]))
-    table = evaluate_cases(pairs, classes, cfg.eval)
+    table, references = evaluate_with_volumes(pairs, classes, cfg.eval)
     out = Path(args.out) if args.out else OutputLayout(args.pred).metrics
     write_table(table, out)
-    write_summary(summarize(table, cfg.eval), out.with_suffix(".json"))
-    cols = ["case_id", "class", "dice", "nsd", "hd95_mm", "assd_mm", "flag"]
+    summary = {**summarize(table, cfg.eval), "volume_agreement": volume_agreement(table)}
+    write_summary(summary, out.with_suffix(".json"))
+    write_statistics(references, OutputLayout(out.parent).reference_statistics)
+    cols = ["case_id", "class", "dice", "nsd", "hd95_mm", "assd_mm", "volume_error_ml", "flag"]
     log.info("%s\nwrote %s", table[cols].to_string(index=False), out)
     return 0
 

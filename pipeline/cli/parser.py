@@ -67,6 +67,30 @@ def _add_export_parser(sub) -> None:
     p.set_defaults(func=commands.cmd_export)
 
 
+def _add_statistics(sub) -> None:
+    """``pancreas-seg statistics``: measurements of existing masks (any tool's) on their scans."""
+    p = sub.add_parser(
+        "statistics",
+        help="volume (mL), HU, extent and border flag of existing masks on their scans",
+        description="Measure each case's mask (MASKS/<case_id>.<ext>, from any tool) on its scan from the "
+        "manifest: voxels, volume_ml, HU mean/median/std/p05/p95 on the scan's own values, extent and "
+        "centroid in mm, touches_border, slice thickness, DICOM UIDs and date. Writes OUT/statistics.csv and "
+        "OUT/statistics.json, and OUT/longitudinal.csv when a subject has scans at two or more dates "
+        "(manifest column 'acquired', else the DICOM date).",
+    )
+    p.add_argument("--masks", required=True, help="folder of masks named <case_id>.<ext>")
+    p.add_argument("--manifest", required=True, help="manifest CSV naming each case's scan")
+    p.add_argument("--out", default=None, help="output folder (default: MASKS)")
+    p.add_argument(
+        "--cv-summary",
+        default=None,
+        help="a CV's cv_summary.json: volume changes below its least significant change are flagged "
+        "'within measurement error' in longitudinal.csv",
+    )
+    _add_config_args(p)
+    p.set_defaults(func=commands.cmd_statistics)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``pancreas-seg`` with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -253,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
         "classes one CASE_prob_CLASS.EXT per class (one 3-D volume each, as 3D Slicer and ITK-SNAP open them)",
     )
     p.add_argument(
+        "--no-statistics",
+        action="store_true",
+        help="skip OUT/statistics.csv and .json (volume in mL, HU, border flag, QC review column per case)",
+    )
+    p.add_argument(
         "--dicom-seg",
         action="store_true",
         help="for DICOM series inputs, also write a DICOM SEG referencing the series (needs highdicom)",
@@ -325,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_cv_args(p, "output folder")
     p.set_defaults(func=commands.cmd_compare)
+
+    _add_statistics(sub)
 
     p = sub.add_parser(
         "demo",

@@ -35,6 +35,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "InferConfig",
+    "QCConfig",
     "PerfConfig",
     "EvalConfig",
     "Config",
@@ -190,6 +191,17 @@ class InferConfig:
     # a folder or manifest: threads that load the next case and write the previous one while the
     # network runs (results identical to 0, serial); -1: 1 per 4 cores, 1..4 (0 on one core)
     workers: int = -1
+    statistics: bool = True  # write statistics.csv/.json (volume, HU, border, QC) beside the masks
+
+
+@dataclass
+class QCConfig:
+    """When ``infer`` marks a case for review (``review`` column of ``statistics.csv``)."""
+
+    min_fold_dice: float = 0.8  # "folds disagree" below this mean pairwise Dice of the folds' masks
+    max_volume_cv: float = 0.15  # ... or above this coefficient of variation of the folds' volumes
+    max_entropy: float = 0.35  # ... or above this mean entropy (0..1) inside the union of masks
+    min_volume_ml: float = 10.0  # "tiny volume" below this (healthy adult pancreas ~60 mL)
 
 
 @dataclass
@@ -231,6 +243,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    qc: QCConfig = field(default_factory=QCConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

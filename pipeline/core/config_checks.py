@@ -128,6 +128,8 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         "in [0, 1]",
     ),
     (("model.dropout", "train.momentum", "infer.overlap"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("qc.min_fold_dice", "qc.max_entropy"), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("qc.max_volume_cv", "qc.min_volume_ml"), lambda v: v >= 0, ">= 0"),
     (("data.body_threshold_hu",), lambda v: True, "a number"),
 )
 

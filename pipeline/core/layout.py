@@ -25,7 +25,8 @@ the run used one) and ``folds/fold_<k>.pt``. A MONAI bundle folder (:class:`Bund
 ``docs/README.md``, ``LICENSE``. An ONNX file's preprocessing sidecar: :func:`onnx_sidecar`.
 
 An inference output folder (:class:`OutputLayout`): the masks, ``timings.csv``, ``inputs.csv`` (the
-scans behind the masks) and, by default, ``evaluate``'s ``metrics.csv``.
+scans behind the masks), ``statistics.csv``/``.json`` (volume, HU, QC), ``longitudinal.csv`` and,
+by default, ``evaluate``'s ``metrics.csv`` and ``reference_statistics.csv``.
 
 Only paths are built here; nothing is read or written beyond ``exists``/``glob`` listings.
 """
@@ -133,6 +134,26 @@ class OutputLayout(_Folder):
     def metrics(self) -> Path:
         """Where ``pancreas-seg evaluate`` writes its table unless told otherwise."""
         return self.dir / _METRICS
+
+    @property
+    def statistics(self) -> Path:
+        """Per case and class: volume, HU, extent, border flag, QC (``pancreas-seg infer``/``statistics``)."""
+        return self.dir / "statistics.csv"
+
+    @property
+    def statistics_json(self) -> Path:
+        """The same rows as :attr:`statistics`, with the units of each column."""
+        return self.dir / "statistics.json"
+
+    @property
+    def reference_statistics(self) -> Path:
+        """``pancreas-seg evaluate``: the statistics of the reference labels."""
+        return self.dir / "reference_statistics.csv"
+
+    @property
+    def longitudinal(self) -> Path:
+        """Per subject and date: volume and HU change between scans (``pancreas-seg statistics``)."""
+        return self.dir / "longitudinal.csv"
 
     @property
     def records(self) -> Path:

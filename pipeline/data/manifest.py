@@ -221,7 +221,7 @@ def case_records(df: pd.DataFrame, root: str | os.PathLike | None = None) -> lis
     Returns:
         One dict per row: ``case_id``, ``subject_id``, ``image`` (absolute path string), ``label``
         (absolute path string, only when the row has one), ``fold`` (int, -1 when unassigned),
-        ``label_map`` (string, may be empty).
+        ``label_map`` (string, may be empty); ``acquired`` and ``timepoint`` only when the row has them.
     """
     base = _root(df, root)
     records = []
@@ -232,5 +232,8 @@ def case_records(df: pd.DataFrame, root: str | os.PathLike | None = None) -> lis
             rec["label"] = os.path.normpath(resolve_path(row.label, base))
         rec["fold"] = -1 if pd.isna(row.fold) else int(row.fold)
         rec["label_map"] = row.label_map
+        for col in ("acquired", "timepoint"):  # follow-up columns, only where given
+            if getattr(row, col):
+                rec[col] = getattr(row, col)
         records.append(rec)
     return records

@@ -5,6 +5,7 @@ Re-exported by :mod:`pipeline.data.manifest`, which reads and writes manifests.
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "IMAGE_EXTENSIONS",
     "validate_manifest",
+    "parse_date",
     "case_id_problem",
     "check_case_id",
     "strip_extension",
@@ -28,7 +30,16 @@ __all__ = [
     "resolve_path",
 ]
 
-COLUMNS: tuple[str, ...] = ("case_id", "subject_id", "image", "label", "fold", "label_map")
+COLUMNS: tuple[str, ...] = (
+    "case_id",
+    "subject_id",
+    "image",
+    "label",
+    "fold",
+    "label_map",
+    "acquired",  # optional: the scan's date (ISO, YYYY-MM-DD), for follow-up tables
+    "timepoint",  # optional: a free-text visit name (baseline, 6 months, ...)
+)
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "subject_id", "image")
 # A case's masks, figures and report anchors are files named after its id, on any OS: no path
 # separators, none of the characters Windows refuses, no control characters, not "." or "..".
@@ -37,6 +48,17 @@ _CASE_ID_RULE = 'case_id must be usable as a file name (no / \\ : * ? " < > |)'
 
 
 # --------------------------------------------------------------------------- case ids
+def parse_date(text: str) -> datetime.date | None:
+    """``YYYY-MM-DD`` (or ``YYYYMMDD``, as DICOM writes dates) as a date; None when it is neither."""
+    text = str(text or "").strip()
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return datetime.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
 def case_id_problem(case_id: str) -> str | None:
     """Why ``case_id`` cannot name a case, or None: the one rule for every step that makes ids.
 
@@ -220,6 +242,8 @@ def validate_manifest(
             check_label_map(cell["label_map"][i], where=where)
         except ManifestError as exc:
             raise ManifestError(str(exc)) from None
+        if cell["acquired"][i] and parse_date(cell["acquired"][i]) is None:
+            raise ManifestError(f"{where}: acquired {cell['acquired'][i]!r} is not an ISO date (YYYY-MM-DD)")
         if check_files:
             for kind in ("image", "label"):
                 problem = _path_problem(cell[kind][i], root, kind) if cell[kind][i] else None

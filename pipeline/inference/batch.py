@@ -21,6 +21,7 @@ from pipeline.core.errors import OutputError, PipelineError
 from pipeline.core.label_map import class_names
 from pipeline.core.runtime import peak_rss_mb, reset_peak_rss
 from pipeline.inference.dicom_seg import SEG_SUFFIX, require_highdicom, write_dicom_seg
+from pipeline.inference.measure import case_statistics
 from pipeline.inference.overlap import overlapped, resolve_workers
 from pipeline.inference.predictor import Pending, Prediction, Predictor
 from pipeline.inference.records import TIMING_COLUMNS, case_record, merge_records, write_record
@@ -200,20 +201,32 @@ def _predict_one(predictor: Predictor, rec: dict, out_dir: Path, failed: dict) -
 def _save_case(
     predictor: Predictor, rec: dict, pred: Prediction, out_dir: Path, failed: dict, start: float
 ) -> dict | None:
-    """Save a predicted case (its record just before its mask); returns the record, or None with the
-    error in ``failed``.
+    """Measure and save a predicted case (its record just before its mask); returns the record, or
+    None with the error in ``failed``.
 
     Raises:
         OutputError: an output cannot be written (full disk): the batch stops.
     """
     case = str(rec["case_id"])
-    t_save = time.perf_counter()
     record: dict = {}
+    if predictor.cfg.infer.statistics:  # while the scan is in memory; a failure here fails the case
+        t_stats = time.perf_counter()
+        try:
+            record["statistics"] = case_statistics(pred, rec, predictor.cfg)
+        except PipelineError as exc:
+            failed[case] = f"{type(exc).__name__}: {exc}"
+            log.error("%s: failed: %s", case, failed[case])
+            return None
+        pred.timings["statistics_s"] = (
+            time.perf_counter() - t_stats + pred.extras.get("qc", {}).get("qc_s", 0.0)
+        )
+    pred.extras.pop("image", None)  # the scan's memory back before the files are written
+    t_save = time.perf_counter()
 
     def write_case_record() -> None:  # on disk before the mask: a kill can lose no finished case's rows
         now = time.perf_counter()
         t = {**pred.timings, "save_s": now - t_save, "total_s": now - start, "peak_rss_mb": peak_rss_mb()}
-        record.update(case_record(rec, output_path(out_dir, case, rec["image"]), t))
+        record.update(case_record(rec, output_path(out_dir, case, rec["image"]), t, record.get("statistics")))
         write_record(out_dir, record)
 
     try:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from pipeline.core.runtime import (
     prepare_model,
     select_device,
 )
+from pipeline.inference.qc import ensemble_scores
 from transforms import build_infer_transforms, invert_to_original, regions_to_labels
 
 __all__ = ["Pending", "Prediction", "Predictor", "inference_perf", "keep_largest_component"]
@@ -47,12 +48,15 @@ class Prediction:
             probability of class k (softmax), or of region k-1 (``data.regions``: sigmoid).
         affine: the input grid's RAS affine.
         timings: seconds per stage (``load_s``, ``preprocess_s``, ``network_s``, ``stitch_s``, ``invert_s``).
+        extras: with ``infer.statistics``: ``"image"``, the scan as loaded (HU, input grid, the
+            mask's voxel order) and ``"qc"``, :func:`pipeline.inference.qc.ensemble_scores`.
     """
 
     mask: np.ndarray
     probability: np.ndarray | None
     affine: np.ndarray
     timings: dict
+    extras: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -136,6 +140,8 @@ class Predictor:
             prepare_model(prepare_for_inference(n.eval()), self.device, self.perf) for n in networks
         ]
         self.transform = build_infer_transforms(cfg, with_label=True)  # the label only when asked for
+        # QC needs each network's foreground too; stitched as extra channels of the same windows
+        self.fold_qc = bool(cfg.infer.statistics) and len(self.networks) > 1
         self._check_window()
         self._network_s = 0.0
 
@@ -172,8 +178,11 @@ class Predictor:
             item["label"], item["label_map"] = record["label"], record.get("label_map", "")
         t0 = time.perf_counter()
         data = self.transform(item, end=1)  # the loader is the first step
+        original = data["image"].as_tensor() if self.cfg.infer.statistics else None
         t1 = time.perf_counter()
         data = self.transform(data, start=1)
+        if original is not None:  # the HU of the input's own grid, for statistics.csv
+            data["original_image"] = original
         return data, {"load_s": t1 - t0, "preprocess_s": time.perf_counter() - t1}
 
     def _stitch_device(self, spatial: Sequence[int]) -> torch.device:
@@ -192,16 +201,23 @@ class Predictor:
         t0 = time.perf_counter()
         x = prepare_input(window, self.perf)
         flips = [()] + ([(2,), (3,), (2, 3)] if self.cfg.infer.tta_flip else [])  # in-plane, as training
-        total = None
+        total, folds = None, []
         # regions: independent sigmoids (a voxel is in "whole pancreas" and "tumour" at once)
         activation = torch.sigmoid if self.cfg.data.regions else lambda t: torch.softmax(t, dim=1)
         with autocast_context(self.device, self.perf):
             for net in self.networks:
+                before = total[:, 0].clone() if self.fold_qc and total is not None else None
                 for dims in flips:
                     p = activation(net(torch.flip(x, dims) if dims else x).float())
                     p = torch.flip(p, dims) if dims else p
                     total = p if total is None else total.add_(p)
-        total = total.div_(len(self.networks) * len(flips)).contiguous()
+                if self.fold_qc:  # this network's foreground: 1 - its background (regions: region 0)
+                    first = (total[:, 0] if before is None else total[:, 0] - before) / len(flips)
+                    folds.append(first if self.cfg.data.regions else 1.0 - first)
+        total = total.div_(len(self.networks) * len(flips))
+        if folds:  # stitched with the classes; sliding_window splits them off again
+            total = torch.cat([total, torch.stack(folds, 1)], 1)
+        total = total.contiguous()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time is the network's, not the stitching's
         self._network_s += time.perf_counter() - t0
@@ -228,6 +244,23 @@ class Predictor:
             probs = inferer(x, self.probabilities)[0].cpu()
         total = time.perf_counter() - t0
         return probs, {"network_s": self._network_s, "stitch_s": max(total - self._network_s, 0.0)}
+
+    def _scores(self, data: dict, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Split the folds' channels off ``probs`` and score the case (:mod:`pipeline.inference.qc`)."""
+        c = int(self.cfg.model.out_channels)
+        folds = probs[c:] if self.fold_qc else None
+        probs = probs[:c]
+        if not self.cfg.infer.statistics:
+            return probs, {}
+        t0 = time.perf_counter()
+        voxel_ml = (
+            float(abs(np.linalg.det(np.asarray(data["image"].affine, dtype=np.float64)[:3, :3]))) / 1000
+        )
+        # regions are independent sigmoids: score the first (whole organ) as background/foreground
+        scored = torch.stack([1.0 - probs[0], probs[0]]) if self.cfg.data.regions else probs
+        scores = ensemble_scores(scored, folds, voxel_ml)
+        scores["qc_s"] = time.perf_counter() - t0
+        return probs, scores
 
     def postprocess(self, data: dict, probs: torch.Tensor) -> Prediction:
         """Bring canonical-grid probabilities back to the input grid and turn them into labels.
@@ -282,9 +315,13 @@ class Predictor:
         return pending
 
     def finish(self, pending: Pending) -> Prediction:
-        """Stage 3 of :meth:`predict`: back to the input grid (thread-safe; a batch runs it behind)."""
-        out = self.postprocess(pending.data, pending.probs)
+        """Stage 3 of :meth:`predict`: QC scores, then back to the input grid (thread-safe; a batch
+        runs it behind)."""
+        probs, scores = self._scores(pending.data, pending.probs)
+        out = self.postprocess(pending.data, probs)
         out.timings = {**pending.timings, **out.timings}
+        if "original_image" in pending.data:
+            out.extras = {"image": pending.data["original_image"], "qc": scores}
         return out
 
     def predict(self, record: dict) -> Prediction:

@@ -24,6 +24,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import atomic_write, atomic_write_text
 from pipeline.core.layout import OutputLayout
 from pipeline.data.manifest import case_records, read_manifest, write_manifest
+from pipeline.inference.measure import merge_statistics
 
 __all__ = ["TIMING_COLUMNS", "case_record", "write_record", "merge_records"]
 
@@ -35,6 +36,7 @@ TIMING_COLUMNS = (
     "network_s",
     "stitch_s",
     "invert_s",
+    "statistics_s",  # statistics.csv and QC of the case (empty with --no-statistics)
     "save_s",
     "total_s",
     "peak_rss_mb",
@@ -42,10 +44,14 @@ TIMING_COLUMNS = (
 _INPUT_COLUMNS = ["case_id", "subject_id", "image"]
 
 
-def case_record(rec: dict, mask: str | os.PathLike, timings: dict) -> dict:
-    """The record of case ``rec`` (a manifest record) whose mask is ``mask``, with its ``timings``."""
+def case_record(
+    rec: dict, mask: str | os.PathLike, timings: dict, statistics: list[dict] | None = None
+) -> dict:
+    """The record of case ``rec`` (a manifest record) whose mask is ``mask``, with its ``timings``
+    and its ``statistics.csv`` rows (:mod:`pipeline.inference.measure`; None: not measured)."""
     case = str(rec["case_id"])
     return {
+        "statistics": statistics,
         "case_id": case,
         "mask": Path(mask).name,
         "timings": {"case_id": case, **{k: timings.get(k) for k in TIMING_COLUMNS[1:]}},
@@ -89,6 +95,7 @@ def merge_records(out_dir: str | os.PathLike, fresh: Sequence[dict], order: Sequ
         new = sorted(records.values(), key=lambda r: (index.get(r["case_id"], len(index)), r["case_id"]))
         _merge_timings(layout.timings, [r["timings"] for r in new])
         _merge_inputs(layout.inputs, [r["input"] for r in new])
+        merge_statistics(out_dir, new)
     for path, _ in found:
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty: a record written since (another process)
@@ -105,6 +112,7 @@ def _read_records(folder: Path) -> list[tuple[Path, dict]]:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             found.append((path, {k: record[k] for k in ("case_id", "mask", "timings", "input")}))
+            found[-1][1]["statistics"] = record.get("statistics")
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("warning: %s is not a case record; ignoring it", path)
     return found

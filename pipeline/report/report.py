@@ -11,6 +11,8 @@ the folder opens offline and can be moved or zipped as a whole). For a CV run:
 * for the worst few of them, each attention gate's coefficients on the axial slice (the paper's
   Figure 3), computed with the best checkpoint of the fold that held the case out.
 
+Study sections (volume agreement, QC against Dice, review list, follow-up): :mod:`pipeline.report.study`.
+
 For an inference folder (masks + ``timings.csv``): the timings table and the prediction overlays
 (the scans come from ``--manifest``, or the folder's ``manifest.csv``/``inputs.csv`` if present;
 without them the masks are drawn on black).
@@ -54,6 +56,7 @@ from pipeline.report.page import (
     table,
     views_block,
 )
+from pipeline.report.study import cv_study_sections, infer_study_sections
 
 __all__ = ["write_report", "ATTENTION_CASES"]
 
@@ -221,6 +224,7 @@ def _cv_body(run: Path, records: dict, source: str, max_cases: int, tmp: Path) -
     shown = metrics.drop_duplicates("case_id").head(max_cases)  # a case's worst class decides
     links = {c: "#" + _anchor(c) for c in shown["case_id"] if c in records}
     body = _cv_tables(run, cfg, prov, metrics, links, bool(records), tmp)
+    body += cv_study_sections(run, metrics, tmp)  # volume agreement, QC score against Dice
     gated = cfg.model.name != "unet"
     overlays, attention, nets = [legend(class_names(cfg))], [], {}
     try:
@@ -281,6 +285,8 @@ def _infer_body(run: Path, masks: dict, records: dict, source: str, max_cases: i
         )
     order = list(pd.read_csv(timings_path)["case_id"].astype(str)) if timings_path.exists() else []
     order = [c for c in order if c in masks] + [c for c in masks if c not in order]
+    study, order = infer_study_sections(run, tmp, order, _anchor)  # cases to review first
+    body += study
     overlays = [legend()]
     if not records:
         overlays.append(

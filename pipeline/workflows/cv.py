@@ -40,16 +40,17 @@ from pipeline.core.config import Config, EvalConfig, config_to_dict, save_run_co
 from pipeline.core.errors import BusyError, ConfigError, ManifestError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.core.label_map import class_names
-from pipeline.core.layout import FoldLayout, RunLayout
+from pipeline.core.layout import FoldLayout, OutputLayout, RunLayout
 from pipeline.data.manifest import case_records, read_manifest, write_manifest
+from pipeline.data.statistics import write_statistics
 from pipeline.evaluation.evaluate import (
-    evaluate_cases,
     read_fold_metrics,
     summarize,
     write_summary,
     write_table,
 )
 from pipeline.evaluation.summary import class_lines
+from pipeline.evaluation.volumes import evaluate_with_volumes, volume_agreement
 from pipeline.inference.batch import predict_cases
 from pipeline.inference.loading import load_network
 from pipeline.inference.predictor import Predictor
@@ -190,18 +191,22 @@ def run_fold(cfg: Config, records: list[dict], fold: int, run_dir: Path) -> pd.D
             "subject_id": r.get("subject_id", ""),
             "pred": output_path(pred_dir, r["case_id"], r["image"]),
             "label": r["label"],
+            "image": r["image"],  # the reference's HU and volume on the scan
             "fold": fold,
             "label_map": r.get("label_map", ""),
             "probabilities": probability_files(pred_dir, r, classes),
         }
         for r in val
     ]
-    table = evaluate_cases(dist.shard(pairs), classes, cfg.eval)  # each rank evaluates its share
-    table = pd.concat(dist.all_gather_objects(table), ignore_index=True)
+    # each rank evaluates its share
+    parts = dist.all_gather_objects(evaluate_with_volumes(dist.shard(pairs), classes, cfg.eval))
+    table = pd.concat([t for t, _ in parts], ignore_index=True)
+    references = pd.concat([r for _, r in parts], ignore_index=True)
     if dist.is_main():
         order = {r["case_id"]: i for i, r in enumerate(pairs)}
         table = table.sort_values("case_id", key=lambda c: c.map(order), ignore_index=True)
         write_table(table, layout.metrics)
+        write_statistics(references, OutputLayout(pred_dir).reference_statistics)
         done = f"best_val_dice={result['best_val_dice']:.6f} epochs={result['epochs']}\n"
         atomic_write_text(layout.done, done)
     dist.barrier()
@@ -228,7 +233,7 @@ def _aggregate(layout: RunLayout, settings: EvalConfig | None = None) -> dict:
     if df.empty:
         raise ManifestError(f"{layout.root}: no finished folds to aggregate")
     write_table(df, layout.cv_metrics)
-    summary = summarize(df, settings)
+    summary = {**summarize(df, settings), "volume_agreement": volume_agreement(df)}
     write_summary(summary, layout.cv_summary)
     return summary
 

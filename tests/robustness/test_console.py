@@ -69,5 +69,7 @@ def test_console_script_nan_scan_in_a_batch(world, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "good.nii.gz",
         "inputs.csv",
+        "statistics.csv",  # the good case's measurements (infer writes them by default)
+        "statistics.json",
         "timings.csv",
     ]

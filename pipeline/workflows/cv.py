@@ -54,7 +54,7 @@ from pipeline.evaluation.volumes import evaluate_with_volumes, volume_agreement
 from pipeline.inference.batch import predict_cases
 from pipeline.inference.loading import load_network
 from pipeline.inference.predictor import Predictor
-from pipeline.inference.writers import PROBABILITY_TAG, output_path
+from pipeline.inference.writers import output_path, probability_paths
 from pipeline.training.train import split_records, train_fold
 
 __all__ = [
@@ -162,12 +162,8 @@ def probability_files(pred_dir: str | os.PathLike, record: dict, classes: dict[i
         ``{class value: path}`` of those that exist: ``<case>_prob.<ext>`` with one class, else
         ``<case>_prob_<class name>.<ext>`` per class.
     """
-    tags = (
-        {k: PROBABILITY_TAG for k in classes}
-        if len(classes) == 1
-        else {k: f"{PROBABILITY_TAG}_{name}" for k, name in classes.items()}
-    )
-    paths = {k: output_path(pred_dir, record["case_id"], record["image"], tag) for k, tag in tags.items()}
+    names = list(classes.values())
+    paths = dict(zip(classes, probability_paths(pred_dir, record["case_id"], record["image"], names)))
     return {k: p for k, p in paths.items() if p.exists()}
 
 

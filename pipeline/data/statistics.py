@@ -153,22 +153,46 @@ def measure(
         row.update(meta)
         if box is not None:
             sel = mask[box] == value
-            idx = np.nonzero(sel)
-            n = int(idx[0].size)
-            ijk = np.stack([i + s.start for i, s in zip(idx, box)]).astype(np.float64)  # (3, n)
-            world = aff[:3, :3] @ ijk + aff[:3, 3:4]
-            extent = world.max(axis=1) - world.min(axis=1) + footprint
-            centroid = world.mean(axis=1)
+            n, low, high, centroid = _world_box(sel, box, aff)
+            extent = high - low + footprint
             row.update(voxels=n, volume_ml=n * vox_ml)
             row.update(bbox_x_mm=extent[0], bbox_y_mm=extent[1], bbox_z_mm=extent[2])
             row.update(centroid_r_mm=centroid[0], centroid_a_mm=centroid[1], centroid_s_mm=centroid[2])
             row["touches_border"] = any(s.start == 0 or s.stop == size for s, size in zip(box, mask.shape))
             if image is not None:
-                hu = image[box][sel].astype(np.float64)
+                hu = image[box][sel].astype(np.float64)  # 8 bytes per voxel of the class
                 p05, p50, p95 = np.percentile(hu, [5, 50, 95])
                 row.update(hu_mean=hu.mean(), hu_median=p50, hu_std=hu.std(), hu_p05=p05, hu_p95=p95)
         rows.append({c: _plain(row[c]) for c in STAT_COLUMNS})
     return rows
+
+
+_CHUNK_VOXELS = 4_000_000  # voxels of a class turned into world coordinates at once
+
+
+def _world_box(
+    sel: np.ndarray, box: tuple, aff: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel count, lowest and highest world coordinate (R, A, S) of the voxel centres, and centroid.
+
+    ``sel`` is the class's mask inside ``box`` (slices of the whole grid). Works through the box in
+    slabs of the last axis, so a class of 100 M voxels (a broken model's mask over a whole-body scan)
+    needs a few hundred MB, not 72 bytes per voxel for its index and coordinate arrays.
+    """
+    low, high, total, n = np.full(3, np.inf), np.full(3, -np.inf), np.zeros(3), 0
+    plane = max(1, sel.shape[0] * sel.shape[1])
+    step = max(1, _CHUNK_VOXELS // plane)
+    for z0 in range(0, sel.shape[2], step):
+        idx = np.nonzero(sel[:, :, z0 : z0 + step])
+        if not idx[0].size:
+            continue
+        starts = (box[0].start, box[1].start, box[2].start + z0)
+        ijk = np.stack([i + s for i, s in zip(idx, starts)]).astype(np.float64)  # (3, chunk)
+        world = aff[:3, :3] @ ijk + aff[:3, 3:4]
+        low, high = np.minimum(low, world.min(axis=1)), np.maximum(high, world.max(axis=1))
+        total += world.sum(axis=1)
+        n += int(idx[0].size)
+    return n, low, high, total / max(n, 1)
 
 
 def _plain(v):

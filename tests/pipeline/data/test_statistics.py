@@ -66,6 +66,28 @@ def test_volume_hu_centroid_are_exact_on_an_oblique_anisotropic_grid():
     assert not rows[0]["touches_border"]
 
 
+def test_coordinates_are_the_same_when_worked_out_in_slabs(monkeypatch):
+    """A huge class is turned into world coordinates a few slices at a time; the numbers do not change."""
+    import pipeline.data.statistics as stats
+
+    rng = np.random.default_rng(3)
+    mask = (rng.random((30, 28, 24)) > 0.6).astype(np.uint8)  # scattered: every slab has voxels
+    mask[:, :, 5:8] = 0  # and some slabs have none
+    aff, image = _oblique_affine(), rng.normal(40, 10, mask.shape).astype(np.float32)
+    whole = measure(mask, image, aff, PANCREAS)[0]
+    monkeypatch.setattr(stats, "_CHUNK_VOXELS", 30 * 28 * 2)  # slabs of 2 slices
+    sliced = measure(mask, image, aff, PANCREAS)[0]
+    assert sliced["voxels"] == whole["voxels"] == int(mask.sum())
+    for key in ("bbox_x_mm", "bbox_y_mm", "bbox_z_mm"):
+        assert sliced[key] == whole[key]  # min and max: exact
+    for a in "ras":
+        assert sliced[f"centroid_{a}_mm"] == pytest.approx(whole[f"centroid_{a}_mm"], abs=1e-9)
+    ijk = np.argwhere(mask == 1).mean(0)
+    np.testing.assert_allclose(
+        [sliced[f"centroid_{a}_mm"] for a in "ras"], aff[:3, :3] @ ijk + aff[:3, 3], atol=1e-9
+    )
+
+
 def test_bbox_is_the_extent_in_mm_and_a_missing_class_gets_an_empty_row():
     mask, image, _ = _box_case()
     aff = np.diag([-0.8, -0.8, 3.0, 1.0])  # LPS-stored axes: extents are lengths, not signed

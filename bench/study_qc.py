@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.core.config import QCConfig, load_config
-from pipeline.core.layout import OutputLayout, RunLayout
+from pipeline.core.layout import OutputLayout, RunLayout, manifest_in
 from pipeline.data.manifest import assign_folds, case_records, read_manifest, write_manifest
 from pipeline.evaluation.evaluate import read_fold_metrics
 from pipeline.evaluation.volumes import evaluate_with_volumes, volume_agreement
@@ -181,7 +181,13 @@ def main() -> None:
         cfg.qc,
     )
 
-    test = _phantoms(out / "test", args.test, args.test_seed, shape)
+    # the phantoms depend only on n, seed and shape: a rerun with the same ones reuses them
+    folder = out / f"test_n{args.test}_seed{args.test_seed}_{'x'.join(map(str, shape)) if shape else 'drawn'}"
+    test = (
+        manifest_in(folder)
+        if manifest_in(folder).exists()
+        else _phantoms(folder, args.test, args.test_seed, shape)
+    )
     records = case_records(read_manifest(test))
     pred_dir = out / "infer"
     qc_sets = [o for o in args.overrides if o.startswith("qc.")]  # infer writes the review with these

@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change infer.* or perf.* settings, e.g. --set infer.overlap=0.25",
+        help="change infer.*, perf.* or qc.* (review thresholds) settings, e.g. --set infer.overlap=0.25",
     )
     p.set_defaults(func=commands.cmd_infer)
 

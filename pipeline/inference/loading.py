@@ -106,10 +106,12 @@ def _config_for(paths: list[Path], run_dir: Path | None) -> Config:
 
 
 def _with_overrides(cfg: Config, overrides: Sequence[str] | None) -> Config:
-    """``cfg`` with the inference-time overrides (only ``infer.*`` and ``perf.*``) applied and checked."""
+    """``cfg`` with the inference-time overrides (only ``infer.*``, ``perf.*`` and ``qc.*``) applied and
+    checked. ``qc.*`` is review policy, not part of the model: a run trained before the thresholds were
+    tuned keeps its own in ``config.yaml``, and ``--set qc.max_entropy=...`` changes them for one infer."""
     for item in overrides or []:
-        if not item.split("=", 1)[0].strip().startswith(("infer.", "perf.")):
-            raise ConfigError(f"--set {item}: only infer.* and perf.* can change at inference time")
+        if not item.split("=", 1)[0].strip().startswith(("infer.", "perf.", "qc.")):
+            raise ConfigError(f"--set {item}: only infer.*, perf.* and qc.* can change at inference time")
     return apply_overrides(cfg, list(overrides or []))
 
 
@@ -122,14 +124,14 @@ def load_predictor(
     files (an ensemble). A package gives the same networks and config as the run it was exported from.
 
     The preprocessing is the one the checkpoints were trained with (the run's ``config.yaml`` or
-    the config stored in the checkpoint); ``overrides`` (``infer.*``, ``perf.*``) change only how
-    inference runs. Checkpoints are loaded with ``weights_only=True``: a file that needs
+    the config stored in the checkpoint); ``overrides`` (``infer.*``, ``perf.*``, ``qc.*``) change
+    only how inference runs and which cases it marks for review. Checkpoints are loaded with ``weights_only=True``: a file that needs
     unpickling is refused.
 
     Raises:
         CheckpointError: no checkpoint found, an untrusted/corrupt file, a package that fails its
             checks, or a checkpoint of another network than the run's (or than the ensemble's first).
-        ConfigError: an override outside ``infer.*``/``perf.*`` or an invalid value.
+        ConfigError: an override outside ``infer.*``/``perf.*``/``qc.*`` or an invalid value.
     """
     items = [model] if isinstance(model, (str, os.PathLike)) else list(model)
     if not items:

@@ -296,6 +296,10 @@ def test_checkpoint_errors(tmp_path, ckpts, capsys):
     assert "refused" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="only infer"):
         load_predictor(ckpts[0], ["data.target_spacing=[1,1,1]"])
+    # review thresholds are policy, not model: an old run's config.yaml keeps its own, --set changes them
+    assert load_predictor(ckpts[0], ["qc.max_entropy=0.9"]).cfg.qc.max_entropy == 0.9
+    with pytest.raises(ConfigError, match="max_entropy"):
+        load_predictor(ckpts[0], ["qc.max_entropy=2"])
 
 
 def test_ensemble_averages_the_models_probabilities(tmp_path, ckpts):

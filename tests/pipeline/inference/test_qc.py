@@ -57,6 +57,20 @@ def test_review_reasons():
     assert review(edge, ok, qc, ct_like=False) == ("review", "tiny volume; touches border; not CT-like")
 
 
+def test_default_thresholds_flag_the_demos_worst_ensemble_cases_only():
+    # scores of the trained demo's 3-fold ensemble on fresh phantoms (bench/study_qc.py --cv): the
+    # worst by Dice (0.68, 0.83, 0.85) are flagged, the sharp ones (Dice 0.87-0.94) are not, though
+    # their entropy over the folds' union (0.37-0.40) was above the old 0.35 that flagged 9 of 10
+    qc, organ = QCConfig(), [{"voxels": 5000, "volume_ml": 40.0, "touches_border": False}]
+    worst = [(0.803, 0.050, 0.552), (0.832, 0.105, 0.538), (0.840, 0.054, 0.430)]
+    sharp = [(0.909, 0.016, 0.369), (0.897, 0.069, 0.399), (0.924, 0.024, 0.325)]
+    keys = ("qc_fold_dice", "qc_volume_cv", "qc_entropy")
+    assert [review(organ, dict(zip(keys, s)), qc)[0] for s in worst] == ["review"] * 3
+    assert [review(organ, dict(zip(keys, s)), qc)[0] for s in sharp] == ["ok"] * 3
+    # one model (no fold scores): its entropy on its own mask (demo 0.18-0.31) is not "uncertain"
+    assert review(organ, {"qc_entropy": 0.31}, qc) == ("ok", "")
+
+
 def test_infer_writes_statistics_with_hu_of_the_input_and_fold_qc(tmp_path, ckpts):  # noqa: F811
     image, _ = _phantom(tmp_path, "a", "oblique")
     records = [{"case_id": "a", "image": str(image)}]

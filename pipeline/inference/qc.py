@@ -15,6 +15,11 @@
 ``folds disagree`` (fold Dice below ``qc.min_fold_dice`` or volume CV above ``qc.max_volume_cv``),
 ``uncertain`` (entropy above ``qc.max_entropy``), ``not CT-like`` (no negative value in the scan:
 not HU).
+
+A scan predicted in z-slabs (:mod:`pipeline.inference.slabs`) is scored from :func:`qc_tally` of each
+slab's core (the canonical slices that slab contributes to the mask): counts and sums, which
+:func:`combine_tallies` adds up into the scores of the whole scan, as if it had been one piece (up to
+the slabs' resampling grids).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 
 from pipeline.core.config import QCConfig
 
-__all__ = ["QC_COLUMNS", "REASONS", "ensemble_scores", "review"]
+__all__ = ["QC_COLUMNS", "REASONS", "combine_tallies", "ensemble_scores", "qc_tally", "review"]
 
 QC_COLUMNS = ("qc_fold_dice", "qc_volume_cv", "qc_entropy", "qc_score", "review", "review_reasons")
 REASONS = ("empty", "tiny volume", "touches border", "folds disagree", "uncertain", "not CT-like")
@@ -70,6 +75,57 @@ def ensemble_scores(probs: torch.Tensor, fold_fg: torch.Tensor | None, voxel_ml:
         out["qc_fold_dice"] = float(np.mean(dices))
         mean = float(sizes.mean())
         out["qc_volume_cv"] = float(sizes.std(unbiased=False)) / mean if mean > 0 else 0.0
+        out["fold_volumes_ml"] = [float(s) * voxel_ml for s in sizes]
+    out["qc_score"] = out["qc_entropy"]
+    return out
+
+
+def qc_tally(probs: torch.Tensor, fold_fg: torch.Tensor | None) -> dict:
+    """The sums behind :func:`ensemble_scores` for one piece of a scan (a z-slab's core).
+
+    Args:
+        probs: (C, X, Y, Z) averaged class probabilities (C >= 2, class 0 background).
+        fold_fg: (N, X, Y, Z) each network's foreground probability, or None.
+
+    Returns:
+        ``{"classes", "union", "entropy_sum", "sizes", "overlaps"}``: the union's voxels and their
+        summed normalised entropy, each fold's foreground voxels and each pair's common voxels
+        (pairs in ``itertools.combinations`` order; empty lists with fewer than two folds).
+    """
+    probs = torch.as_tensor(probs)
+    folds = torch.as_tensor(fold_fg) > 0.5 if fold_fg is not None and fold_fg.shape[0] >= 2 else None
+    if folds is not None:
+        union = folds.any(0)
+    else:
+        union = probs[0] < 0.5 if probs.shape[0] == 2 else probs.argmax(0) > 0
+    out = {"classes": int(probs.shape[0]), "union": int(union.sum()), "entropy_sum": 0.0}
+    if out["union"]:
+        p = probs[:, union].double().clamp_min(1e-12)
+        out["entropy_sum"] = float((-(p * p.log()).sum(0) / math.log(probs.shape[0])).sum())
+    flat = None if folds is None else folds.reshape(folds.shape[0], -1)
+    out["sizes"] = [] if flat is None else [int(v) for v in flat.sum(1)]
+    pairs = [] if flat is None else combinations(range(flat.shape[0]), 2)
+    out["overlaps"] = [int((flat[i] & flat[j]).sum()) for i, j in pairs]
+    return out
+
+
+def combine_tallies(tallies: Sequence[dict], voxel_ml: float = 1.0) -> dict:
+    """:func:`ensemble_scores` of a scan from the :func:`qc_tally` of its disjoint pieces: entropy
+    summed over the union's voxels, fold Dice from summed pair overlaps and sizes, volume CV from
+    summed sizes."""
+    union = sum(t["union"] for t in tallies)
+    out = {"qc_fold_dice": math.nan, "qc_volume_cv": math.nan, "fold_volumes_ml": []}
+    out["qc_entropy"] = sum(t["entropy_sum"] for t in tallies) / union if union else 0.0
+    if tallies and tallies[0]["sizes"]:
+        sizes = np.sum([t["sizes"] for t in tallies], axis=0).astype(np.float64)
+        overlaps = np.sum([t["overlaps"] for t in tallies], axis=0)
+        dices = []
+        for (i, j), common in zip(combinations(range(len(sizes)), 2), overlaps):
+            total = float(sizes[i] + sizes[j])
+            dices.append(1.0 if total == 0 else 2.0 * float(common) / total)
+        out["qc_fold_dice"] = float(np.mean(dices))
+        mean = float(sizes.mean())
+        out["qc_volume_cv"] = float(sizes.std()) / mean if mean > 0 else 0.0
         out["fold_volumes_ml"] = [float(s) * voxel_ml for s in sizes]
     out["qc_score"] = out["qc_entropy"]
     return out

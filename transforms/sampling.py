@@ -87,6 +87,16 @@ class ForegroundIndicesd(MapTransform):
         return d
 
 
+def _copies(patches: list[dict], keys) -> list[dict]:
+    """The patches as copies: MONAI's crops are views of the volume, which the memory cache hands
+    out without copying it (``make_dataset``); a later in-place change must not reach the cache."""
+    for p in patches:
+        for key in keys:
+            if key in p:
+                p[key] = p[key].clone()
+    return patches
+
+
 def _spatial_size(label) -> int:
     shape = label.peek_pending_shape() if isinstance(label, MetaTensor) else label.shape[1:]
     return int(np.prod(shape))
@@ -100,7 +110,7 @@ def _foreground(classes: list[torch.Tensor]) -> torch.Tensor:
 class RandPosNegCropFromIndicesd(RandCropByPosNegLabeld):
     """``RandCropByPosNegLabeld`` that takes the foreground from :class:`ForegroundIndicesd`'s key
     ``indices_key`` and the background as its complement; without that key it searches the label
-    itself, as MONAI's."""
+    itself, as MONAI's. The patches are copies, not views of the volume."""
 
     def __init__(self, keys: KeysCollection, label_key: str, indices_key: str, **kwargs):
         super().__init__(keys, label_key=label_key, fg_indices_key=_FG, bg_indices_key=_BG, **kwargs)
@@ -112,13 +122,13 @@ class RandPosNegCropFromIndicesd(RandCropByPosNegLabeld):
         if classes is not None:
             fg = _foreground(classes)
             d[_FG], d[_BG] = fg, BackgroundIndices(fg, _spatial_size(d[self.label_key]))
-        return super().__call__(d, lazy=lazy)
+        return _copies(super().__call__(d, lazy=lazy), self.keys)
 
 
 class RandClassesCropFromIndicesd(RandCropByLabelClassesd):
     """``RandCropByLabelClassesd`` that takes each class from :class:`ForegroundIndicesd`'s key
     ``indices_key`` and the background (class 0) as the complement of their union; without that
-    key it searches the label itself, as MONAI's."""
+    key it searches the label itself, as MONAI's. The patches are copies, not views of the volume."""
 
     def __init__(self, keys: KeysCollection, label_key: str, indices_key: str, **kwargs):
         super().__init__(keys, label_key=label_key, indices_key=_ALL, **kwargs)
@@ -130,4 +140,4 @@ class RandClassesCropFromIndicesd(RandCropByLabelClassesd):
         if classes is not None:
             bg = BackgroundIndices(_foreground(classes), _spatial_size(d[self.label_key]))
             d[_ALL] = [bg, *classes]
-        return super().__call__(d, lazy=lazy)
+        return _copies(super().__call__(d, lazy=lazy), self.keys)

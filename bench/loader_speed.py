@@ -18,8 +18,11 @@ cached volume holds (image, label, the label's foreground indices). Times are wa
 seconds of the process are printed beside them, since on a shared machine the wall time also counts
 the waits for a core (compare runs by the load average they print).
 
+``--device cuda`` augments the patches on the GPU, as the trainer does with ``perf.device`` CUDA and
+``data.num_workers: 0`` (one process feeds the GPU; "workers" then means such processes).
+
 Run: ``.venv/bin/python bench/loader_speed.py [--config default configs/paper.yaml] [--items 8]
-[--step-s 0.1] [--workdir /tmp/pancreas_seg_loader_bench]``
+[--step-s 0.1] [--workdir /tmp/pancreas_seg_loader_bench] [--device cuda]``
 """
 
 from __future__ import annotations
@@ -55,20 +58,27 @@ def first_random(chain) -> int:
     return next(i for i, t in enumerate(chain.transforms) if isinstance(t, RandomizableTrait))
 
 
+def _sync(device: str | None) -> None:
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _mb(value) -> float:
     """Megabytes of the tensors in a cached item (a tensor or a list of them)."""
     items = value if isinstance(value, (list, tuple)) else [value]
     return sum(t.numel() * t.element_size() for t in items if hasattr(t, "element_size")) / 1e6
 
 
-def measure(cfg_name: str, records: list[dict], work: Path, items: int) -> dict:
+def measure(cfg_name: str, records: list[dict], work: Path, items: int, device: str | None = None) -> dict:
     """Seconds per volume handed out by the trainer's datasets (:func:`transforms.make_dataset`) with
     a memory and a disk cache (wall and CPU), seconds per random step, and megabytes per cached volume."""
     from pipeline.core.config import load_config
     from transforms import build_train_transforms, make_dataset
 
     cfg = load_config(None if cfg_name == "default" else cfg_name)
-    chain = build_train_transforms(cfg)
+    chain = build_train_transforms(cfg, device=device)
     k = first_random(chain)
     out = {
         "patches": int(cfg.data.samples_per_volume),
@@ -82,6 +92,7 @@ def measure(cfg_name: str, records: list[dict], work: Path, items: int) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         for j in range(items):
             ds[j % len(records)]
+        _sync(device)
         out[f"{cache}_s"] = (time.perf_counter() - t0) / items
         out[f"{cache}_cpu_s"] = (time.process_time() - c0) / items
     cached = [chain(dict(r), end=k) for r in records]
@@ -92,6 +103,7 @@ def measure(cfg_name: str, records: list[dict], work: Path, items: int) -> dict:
         for t in chain.transforms[k:]:
             s0 = time.perf_counter()
             data = [t(d) for d in data] if isinstance(data, list) else t(data)
+            _sync(device)
             steps[type(t).__name__] += time.perf_counter() - s0
     out["steps"] = {name: s / items for name, s in steps.items()}
     return out
@@ -104,6 +116,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=8, help="volumes handed out per measurement")
     parser.add_argument("--step-s", type=float, default=0.1, help="GPU seconds per batch-2 training step")
     parser.add_argument("--workdir", default="/tmp/pancreas_seg_loader_bench")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="augment on this device (cuda: the trainer's path with data.num_workers 0); default: the CPU",
+    )
     args = parser.parse_args()
 
     import torch
@@ -120,7 +137,7 @@ def main() -> None:
         if name != "default" and not Path(name).exists():
             print(f"{name}: not found, skipped")
             continue
-        r = measure(name, records, work, args.items)
+        r = measure(name, records, work, args.items, args.device)
         print(
             f"\n{name}: {r['patches']} patches of {r['patch']} per volume (load average {os.getloadavg()[0]:.2f})"
         )

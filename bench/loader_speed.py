@@ -78,7 +78,8 @@ def measure(cfg_name: str, records: list[dict], work: Path, items: int, device: 
     from transforms import build_train_transforms, make_dataset
 
     cfg = load_config(None if cfg_name == "default" else cfg_name)
-    chain = build_train_transforms(cfg, device=device)
+    # without --device the call main's code accepts too, so the script can measure a checkout of main
+    chain = build_train_transforms(cfg) if device is None else build_train_transforms(cfg, device=device)
     k = first_random(chain)
     out = {
         "patches": int(cfg.data.samples_per_volume),

@@ -67,7 +67,8 @@ class ForegroundIndicesd(MapTransform):
 
     Deterministic, so ``make_dataset`` caches them with the volume: per class 1..``num_classes`` an
     int32 tensor (int64 beyond 2**31 voxels) of the voxels of that class, in the order MONAI's
-    samplers flatten a volume. Memory: 4 bytes per foreground voxel.
+    samplers flatten a volume. Memory: 4 bytes per foreground voxel. The label holds 0..num_classes
+    (``MapLabelsd`` checks it), so the union of the classes is MONAI's foreground, ``label != 0``.
     """
 
     def __init__(self, keys: KeysCollection, indices_key: str, num_classes: int):

@@ -13,10 +13,16 @@ One worker is one process with one torch thread (as DataLoader workers run), so 
 workers until the cores run out. Volumes: synthetic 512x512x200 scans at 0.8x0.8x2.5 mm
 (``pipeline.synthetic.phantom``: a real scan's size, 205x205x250 on the 2 mm grid), written once to the
 work folder. Prints patches/s per worker for each config and cache, the time per random step (the
-profile), and the workers a GPU that takes ``--step-s`` (0.1 s) per batch-2 step needs.
+profile), the workers a GPU that takes ``--step-s`` (0.1 s) per batch-2 step needs, and what one
+cached volume holds (image, label, the label's foreground indices). Times are wall-clock; the CPU
+seconds of the process are printed beside them, since on a shared machine the wall time also counts
+the waits for a core (compare runs by the load average they print).
+
+``--device cuda`` augments the patches on the GPU, as the trainer does with ``perf.device`` CUDA and
+``data.num_workers: 0`` (one process feeds the GPU; "workers" then means such processes).
 
 Run: ``.venv/bin/python bench/loader_speed.py [--config default configs/paper.yaml] [--items 8]
-[--step-s 0.1] [--workdir /tmp/pancreas_seg_loader_bench]``
+[--step-s 0.1] [--workdir /tmp/pancreas_seg_loader_bench] [--device cuda]``
 """
 
 from __future__ import annotations
@@ -52,14 +58,28 @@ def first_random(chain) -> int:
     return next(i for i, t in enumerate(chain.transforms) if isinstance(t, RandomizableTrait))
 
 
-def measure(cfg_name: str, records: list[dict], work: Path, items: int) -> dict:
+def _sync(device: str | None) -> None:
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _mb(value) -> float:
+    """Megabytes of the tensors in a cached item (a tensor or a list of them)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return sum(t.numel() * t.element_size() for t in items if hasattr(t, "element_size")) / 1e6
+
+
+def measure(cfg_name: str, records: list[dict], work: Path, items: int, device: str | None = None) -> dict:
     """Seconds per volume handed out by the trainer's datasets (:func:`transforms.make_dataset`) with
-    a memory and a disk cache, and seconds per random step."""
+    a memory and a disk cache (wall and CPU), seconds per random step, and megabytes per cached volume."""
     from pipeline.core.config import load_config
     from transforms import build_train_transforms, make_dataset
 
     cfg = load_config(None if cfg_name == "default" else cfg_name)
-    chain = build_train_transforms(cfg)
+    # without --device the call main's code accepts too, so the script can measure a checkout of main
+    chain = build_train_transforms(cfg) if device is None else build_train_transforms(cfg, device=device)
     k = first_random(chain)
     out = {
         "patches": int(cfg.data.samples_per_volume),
@@ -70,17 +90,21 @@ def measure(cfg_name: str, records: list[dict], work: Path, items: int) -> dict:
         ds = make_dataset(records, chain, cfg, cache_dir=work / f"cache_{Path(cfg_name).stem}")
         for i in range(len(records)):  # fill the cache (untimed: done once per training run)
             ds[i]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for j in range(items):
             ds[j % len(records)]
+        _sync(device)
         out[f"{cache}_s"] = (time.perf_counter() - t0) / items
+        out[f"{cache}_cpu_s"] = (time.process_time() - c0) / items
     cached = [chain(dict(r), end=k) for r in records]
+    out["cached_mb"] = {key: _mb(v) for key, v in cached[0].items() if _mb(v) > 0}
     steps: dict[str, float] = defaultdict(float)
     for j in range(items):  # the random steps one by one, to see which costs
         data = dict(cached[j % len(cached)])
         for t in chain.transforms[k:]:
             s0 = time.perf_counter()
             data = [t(d) for d in data] if isinstance(data, list) else t(data)
+            _sync(device)
             steps[type(t).__name__] += time.perf_counter() - s0
     out["steps"] = {name: s / items for name, s in steps.items()}
     return out
@@ -93,6 +117,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=8, help="volumes handed out per measurement")
     parser.add_argument("--step-s", type=float, default=0.1, help="GPU seconds per batch-2 training step")
     parser.add_argument("--workdir", default="/tmp/pancreas_seg_loader_bench")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="augment on this device (cuda: the trainer's path with data.num_workers 0); default: the CPU",
+    )
     args = parser.parse_args()
 
     import torch
@@ -109,15 +138,18 @@ def main() -> None:
         if name != "default" and not Path(name).exists():
             print(f"{name}: not found, skipped")
             continue
-        r = measure(name, records, work, args.items)
-        print(f"\n{name}: {r['patches']} patches of {r['patch']} per volume")
+        r = measure(name, records, work, args.items, args.device)
+        print(
+            f"\n{name}: {r['patches']} patches of {r['patch']} per volume (load average {os.getloadavg()[0]:.2f})"
+        )
         for cache in ("memory", "disk"):
             rate = r["patches"] / r[f"{cache}_s"]
             print(
-                f"  {cache} cache: {r[f'{cache}_s']:.3f} s per volume, {rate:.1f} patches/s per worker, "
-                f"{math.ceil(need / rate)} workers for {need:.0f} patches/s"
+                f"  {cache} cache: {r[f'{cache}_s']:.3f} s per volume ({r[f'{cache}_cpu_s']:.3f} s CPU), "
+                f"{rate:.1f} patches/s per worker, {math.ceil(need / rate)} workers for {need:.0f} patches/s"
             )
         print("  per random step (s per volume): " + ", ".join(f"{k} {v:.3f}" for k, v in r["steps"].items()))
+        print("  one cached volume (MB): " + ", ".join(f"{k} {v:.3f}" for k, v in r["cached_mb"].items()))
 
 
 if __name__ == "__main__":

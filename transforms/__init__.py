@@ -6,6 +6,7 @@ The public API is re-exported here; :mod:`transforms.chains` is the one place th
 from __future__ import annotations
 
 from transforms.chains import (
+    augmentation_device,
     build_infer_transforms,
     build_train_transforms,
     build_val_transforms,
@@ -19,6 +20,7 @@ from transforms.labels import MapLabelsd, labels_to_regions, parse_label_map, re
 from transforms.readers import DicomSeriesReader, NiftiReader, list_dicom_series
 
 __all__ = [
+    "augmentation_device",
     "build_train_transforms",
     "build_val_transforms",
     "build_infer_transforms",

@@ -13,6 +13,12 @@ Two recipes are expressible:
 MONAI's affine maps output voxels to input voxels, so an ``in_plane`` factor ``s`` scales the
 sampling grid (``s = 1.3`` shows 1.3x the field of view: the content shrinks by 1/1.3), as in
 torchsample's affine; ``RandZoomd`` (``isotropic``) magnifies by its factor.
+
+Speed: each ``RandAffined`` resamples in float32 on a cached identity grid of the patch size.
+MONAI's ``Resample`` computes in float64 by default: it converts the patch and its 3xN sampling
+grid to float64 and back; the cached grid saves building the identity grid on every call. Together
+they halve the step's time on a 160x160x96 patch. The drawn parameters are the same; intensities
+differ from a float64 resampling by float32 rounding.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from monai.transforms import RandAffined, RandRotated, RandZoomd
 
 from pipeline.core.config import AugmentConfig
@@ -43,13 +50,33 @@ def _in_plane_scale(aug: AugmentConfig) -> list:
     return [(lo, hi), (lo, hi), (0.0, 0.0)]
 
 
-def spatial_augmentation(aug: AugmentConfig, keys: list[str], patch: Sequence[int]) -> list:
+def _affine(keys: list[str], patch: Sequence[int], prob: float, device, **ranges) -> RandAffined:
+    """``RandAffined`` on patches of size ``patch``: float32 resampling, cached identity grid."""
+    step = RandAffined(
+        keys,
+        spatial_size=[int(p) for p in patch],
+        prob=prob,
+        mode=_MODES,
+        padding_mode="border",
+        cache_grid=True,
+        device=device,
+        **ranges,
+    )
+    step.rand_affine.resampler.dtype = torch.float32  # MONAI's Resample defaults to float64
+    return step
+
+
+def spatial_augmentation(
+    aug: AugmentConfig, keys: list[str], patch: Sequence[int], device: torch.device | None = None
+) -> list:
     """The spatial augmentation steps of one patch; steps with no effect are left out.
 
     Args:
         aug: the ``data.augment`` section, checked when the config was loaded.
         keys: ``[image, label]``: the image is interpolated linearly, the label nearest.
-        patch: the patch size (``data.patch_size``), the unit of ``translate_frac``.
+        patch: the patch size (``data.patch_size``), the unit of ``translate_frac``; the affine
+            steps expect patches of exactly this size (the patch sampler cuts them).
+        device: where the affine steps keep their sampling grid (the patches' device); None: CPU.
 
     Returns:
         MONAI dictionary transforms, in the order rotation, zoom, translation (or one fused affine).
@@ -66,14 +93,14 @@ def spatial_augmentation(aug: AugmentConfig, keys: list[str], patch: Sequence[in
     ]
     if probs and all(p == 1.0 for p in probs) and (aug.scale_mode == "in_plane" or not zoom):
         return [
-            RandAffined(
+            _affine(
                 keys,
-                prob=1.0,
+                patch,
+                1.0,
+                device,
                 rotate_range=[0.0, 0.0, radians] if rotate else None,
                 scale_range=_in_plane_scale(aug) if zoom else None,
                 translate_range=shift if translate else None,
-                mode=_MODES,
-                padding_mode="border",
             )
         ]
     steps: list = []
@@ -101,19 +128,7 @@ def spatial_augmentation(aug: AugmentConfig, keys: list[str], patch: Sequence[in
             )
         )
     elif zoom:
-        steps.append(
-            RandAffined(
-                keys,
-                prob=aug.scale_prob,
-                scale_range=_in_plane_scale(aug),
-                mode=_MODES,
-                padding_mode="border",
-            )
-        )
+        steps.append(_affine(keys, patch, aug.scale_prob, device, scale_range=_in_plane_scale(aug)))
     if translate:
-        steps.append(
-            RandAffined(
-                keys, prob=aug.translate_prob, translate_range=shift, mode=_MODES, padding_mode="border"
-            )
-        )
+        steps.append(_affine(keys, patch, aug.translate_prob, device, translate_range=shift))
     return steps

@@ -17,16 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from monai.transforms import (
     Invertd,
     Orientationd,
-    RandCropByLabelClassesd,
-    RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
     RandScaleIntensityd,
     RandShiftIntensityd,
     SpatialPadd,
+    ToDeviced,
 )
 
 from pipeline.core.config import Config
@@ -38,13 +38,18 @@ from transforms.geometry import BodyCropd, CTSpacingd
 from transforms.intensity import build_intensity
 from transforms.io import LoadCTd
 from transforms.labels import MapLabelsd
+from transforms.sampling import ForegroundIndicesd, RandClassesCropFromIndicesd, RandPosNegCropFromIndicesd
 
 __all__ = [
     "build_train_transforms",
     "build_val_transforms",
     "build_infer_transforms",
     "invert_to_original",
+    "augmentation_device",
+    "INDICES_KEY",
 ]
+
+INDICES_KEY = "label_indices"  # the label's foreground indices, cached with the volume
 
 
 def _canonical_steps(cfg: Config, keys: list[str], label_required: bool) -> list:
@@ -104,13 +109,13 @@ def build_val_transforms(cfg: Config) -> CTCompose:
     return CTCompose([*_canonical_steps(cfg, keys, label_required=True), build_intensity(cfg, "image")])
 
 
-def _augmentation(cfg: Config, keys: list[str]) -> list:
+def _augmentation(cfg: Config, keys: list[str], device: torch.device | None = None) -> list:
     """Seeded augmentation of one patch, from ``data.augment``; steps with no effect are left out."""
     aug = cfg.data.augment
     steps: list = []
     if aug.flip_prob > 0:
         steps += [RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in (0, 1)]  # in-plane axes
-    steps += spatial_augmentation(aug, keys, cfg.data.patch_size)  # rotation, zoom, translation
+    steps += spatial_augmentation(aug, keys, cfg.data.patch_size, device)  # rotation, zoom, translation
     if aug.intensity_prob > 0 and aug.intensity_shift > 0:
         steps.append(RandShiftIntensityd("image", offsets=aug.intensity_shift, prob=aug.intensity_prob))
     if aug.intensity_prob > 0 and aug.intensity_scale > 0:
@@ -120,7 +125,7 @@ def _augmentation(cfg: Config, keys: list[str]) -> list:
     return steps
 
 
-def build_train_transforms(cfg: Config) -> CTCompose:
+def build_train_transforms(cfg: Config, device: torch.device | str | None = None) -> CTCompose:
     """Training chain: canonical grid, padding to the patch size, patches around the pancreas,
     augmentation. Seeded with ``train.seed``.
 
@@ -129,23 +134,45 @@ def build_train_transforms(cfg: Config) -> CTCompose:
     fraction is shared equally between the classes (``RandCropByLabelClassesd``, as nnU-Net
     oversamples each foreground class): a tumour of a few hundred voxels would otherwise be the
     centre of almost no patch. One class keeps ``RandCropByPosNegLabeld`` (the same draws as before).
+    The label's foreground indices are cached with the volume (:mod:`transforms.sampling`).
+
+    Args:
+        cfg: the pipeline config (``data``, ``train.seed``).
+        device: where the augmentation runs (:func:`augmentation_device`): ``ToDeviced`` moves the
+            patches there right after they are cut, before the first random augmentation step.
+            ``None`` (the default) leaves them where they are loaded, on the CPU.
     """
     keys = ["image", "label"]
     patch = [int(v) for v in cfg.data.patch_size]
     pos = float(cfg.data.pos_fraction)
+    device = torch.device(device) if device is not None else None
     steps = [
         *_canonical_steps(cfg, keys, label_required=True),
         # volumes smaller than a patch: pad the image with air and the label with background
         SpatialPadd("image", spatial_size=patch, value=AIR_HU),
         SpatialPadd("label", spatial_size=patch, value=0),
         build_intensity(cfg, "image"),
+        ForegroundIndicesd("label", indices_key=INDICES_KEY, num_classes=len(cfg.data.class_names)),
         # --- first random transform: everything above is cached by make_dataset ---
         _patch_sampler(cfg, keys, patch, pos),
-        *_augmentation(cfg, keys),
+        *([ToDeviced(keys, device=device)] if device is not None else []),
+        *_augmentation(cfg, keys, device),
     ]
     chain = CTCompose(steps)
     chain.set_random_state(seed=int(cfg.train.seed))
     return chain
+
+
+def augmentation_device(cfg: Config, device: torch.device | str) -> torch.device | None:
+    """The device the training augmentation runs on: ``device`` when it is CUDA and the chain runs
+    in the training process (``data.num_workers`` 0), else ``None`` (the CPU, in the workers): CUDA
+    cannot be used in forked DataLoader worker processes.
+
+    Whole volumes stay cached on the CPU: only the patches of the current batch are moved, so the
+    GPU memory does not grow with the number of cached cases and a disk cache holds no CUDA tensors.
+    """
+    device = torch.device(device)
+    return device if device.type == "cuda" and int(cfg.data.num_workers) == 0 else None
 
 
 def _patch_sampler(cfg: Config, keys: list[str], patch: list[int], pos: float):
@@ -153,13 +180,20 @@ def _patch_sampler(cfg: Config, keys: list[str], patch: list[int], pos: float):
     n = int(cfg.data.samples_per_volume)
     k = len(cfg.data.class_names)
     if k == 1:
-        return RandCropByPosNegLabeld(
-            keys, label_key="label", spatial_size=patch, pos=pos, neg=1.0 - pos, num_samples=n
+        return RandPosNegCropFromIndicesd(
+            keys,
+            label_key="label",
+            indices_key=INDICES_KEY,
+            spatial_size=patch,
+            pos=pos,
+            neg=1.0 - pos,
+            num_samples=n,
         )
     # warn=False: a case without tumour has no voxel of that class; MONAI then draws from the others
-    return RandCropByLabelClassesd(
+    return RandClassesCropFromIndicesd(
         keys,
         label_key="label",
+        indices_key=INDICES_KEY,
         spatial_size=patch,
         ratios=[1.0 - pos] + [pos / k] * k,
         num_classes=k + 1,

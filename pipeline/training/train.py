@@ -51,7 +51,7 @@ from pipeline.training.handlers import (
 )
 from pipeline.training.losses import build_loss
 from pipeline.training.tracking import attach_mlflow
-from transforms import build_train_transforms, build_val_transforms, make_dataset
+from transforms import augmentation_device, build_train_transforms, build_val_transforms, make_dataset
 
 __all__ = [
     "FoldEngines",
@@ -173,7 +173,8 @@ def build_engines(
     val_recs = dist.shard_for_validation(val_recs)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else RunLayout(fold.dir.parent).cache
 
-    train_tf = build_train_transforms(cfg)
+    # CUDA with data.num_workers 0: the patches are augmented on the GPU (transforms.chains)
+    train_tf = build_train_transforms(cfg, device=augmentation_device(cfg, device))
     train_ds = make_dataset(train_recs, train_tf, cfg, cache_dir=cache_dir / "train")
     val_ds = make_dataset(val_recs, build_val_transforms(cfg), cfg, cache_dir=cache_dir / "val")
     volumes = max(1, cfg.train.batch_size // max(1, cfg.data.samples_per_volume))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from monai.transforms import Compose, RandAffined, RandRotated, RandZoomd
@@ -133,3 +135,28 @@ def test_translation_of_the_patch_is_checked():
     cfg.data.augment.translate_frac = [0.1, 0.1]
     with pytest.raises(ConfigError, match="data.augment.translate_frac"):
         check_config(cfg)
+
+
+def test_the_fast_affine_draws_and_moves_as_monais_float64_one():
+    cfg = load_config("paper")
+    aug, patch = cfg.data.augment, [48, 48, 32]
+    ours = spatial_augmentation(aug, KEYS, patch)
+    reference = [
+        RandAffined(
+            KEYS,
+            prob=1.0,
+            rotate_range=[0.0, 0.0, math.radians(aug.rotate_deg)],
+            scale_range=[(-0.3, 0.3), (-0.3, 0.3), (0.0, 0.0)],
+            translate_range=translation_voxels(aug, patch),
+            mode=("bilinear", "nearest"),
+            padding_mode="border",
+        )
+    ]
+    data = _box()
+    data["image"] = data["image"] + torch.linspace(0, 1, 48).view(1, 48, 1, 1)  # a gradient to interpolate
+    for seed in range(3):
+        a, b = _run(ours, data, seed), _run(reference, data, seed)
+        assert torch.equal(_applied(ours[0]), _applied(reference[0]))  # the same draw
+        assert a["image"].dtype == b["image"].dtype == torch.float32
+        assert torch.allclose(a["image"], b["image"], atol=1e-5)  # float32 instead of float64 resampling
+        assert torch.equal(a["label"], b["label"])

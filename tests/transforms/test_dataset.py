@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -51,6 +53,35 @@ def test_memory_cache_and_none(case, cfg, count_loads):
     ds = make_dataset([case], build_val_transforms(cfg), cfg)
     ds[0], ds[0]
     assert count_loads == ["p01"] * 3
+
+
+def _paper_like(cfg):
+    aug = cfg.data.augment
+    aug.rotate_prob = aug.scale_prob = aug.translate_prob = aug.intensity_prob = aug.noise_prob = 1.0
+    aug.scale_mode, aug.translate_frac, aug.noise_std = "in_plane", [0.1, 0.1, 0.0], 0.1
+
+
+@pytest.mark.parametrize("recipe", ["default", "every step"])
+def test_augmentation_leaves_the_memory_cache_untouched(case, cfg, recipe):
+    """The memory cache hands out its volumes without a copy: no random step may write into them."""
+    if recipe != "default":
+        _paper_like(cfg)
+    cfg.data.cache, cfg.data.samples_per_volume = "memory", 3
+    ds = make_dataset([case], build_train_transforms(cfg), cfg)
+    before = copy.deepcopy(ds._cache[0])
+    for _ in range(4):
+        patches = ds[0]
+        for p in patches:  # what a caller may do to its batch
+            p["image"] += 1.0
+            p["label"].zero_()
+    after = ds._cache[0]
+    assert sorted(after) == sorted(before)
+    for key in ("image", "label"):
+        assert (
+            torch.equal(after[key], before[key])
+            and after[key].applied_operations == before[key].applied_operations
+        )
+    assert all(torch.equal(a, b) for a, b in zip(after["label_indices"], before["label_indices"]))
 
 
 def test_dataset_errors(case, cfg, tmp_path):

@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.transforms import ToDeviced
+from monai.transforms.transform import RandomizableTrait
 
 from pipeline.core.errors import ImageError
 from tests.transforms.conftest import affine_for, phantom, write_nifti
-from transforms import build_infer_transforms, build_train_transforms, build_val_transforms
+from transforms import (
+    augmentation_device,
+    build_infer_transforms,
+    build_train_transforms,
+    build_val_transforms,
+)
+from transforms.sampling import RandPosNegCropFromIndicesd
 
 
 def _no_augmentation(cfg):
@@ -94,3 +102,34 @@ def test_intensity_modes(case, cfg):
     assert float(w.min()) == 0.0 and float(w.max()) == 1.0
     # a reversed window, an unknown mode or axis code: refused when the config is loaded
     # (tests/pipeline/core/test_config.py), before any chain is built
+
+
+def _paper_like(cfg):
+    """Flips and the fused affine (rotation, in-plane zoom, shift) on every patch, as configs/paper.yaml."""
+    aug = cfg.data.augment
+    aug.rotate_prob = aug.scale_prob = aug.translate_prob = 1.0
+    aug.scale_mode, aug.translate_frac = "in_plane", [0.1, 0.1, 0.0]
+
+
+def test_augmentation_device_is_cuda_only_in_the_training_process(cfg):
+    cfg.data.num_workers = 0
+    assert augmentation_device(cfg, torch.device("cuda")) == torch.device("cuda")
+    assert augmentation_device(cfg, "cpu") is None
+    cfg.data.num_workers = 2  # forked workers cannot use CUDA: they augment on the CPU
+    assert augmentation_device(cfg, torch.device("cuda")) is None
+
+
+def test_patches_move_to_the_device_before_the_random_augmentation(case, cfg):
+    _paper_like(cfg)
+    plain = build_train_transforms(cfg)
+    assert not any(isinstance(t, ToDeviced) for t in plain.transforms)
+    moved = build_train_transforms(cfg, device="cpu")
+    names = [type(t).__name__ for t in moved.transforms]
+    at = names.index("ToDeviced")
+    assert names[:at] == [type(t).__name__ for t in plain.transforms][:at]  # cached part unchanged
+    assert isinstance(moved.transforms[at - 1], RandPosNegCropFromIndicesd)  # just after the patches are cut
+    assert all(isinstance(t, RandomizableTrait) for t in moved.transforms[at + 1 :])  # the augmentation
+    assert names[at + 1 :] == [type(t).__name__ for t in plain.transforms][at:]
+    # on the CPU it is a no-op: the same seeded patches
+    for p, q in zip(plain(dict(case)), moved(dict(case))):
+        assert torch.equal(p["image"], q["image"]) and torch.equal(p["label"], q["label"])

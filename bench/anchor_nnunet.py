@@ -33,8 +33,10 @@ is downloaded):
 Both tools get the same torch threads: nnUNetv2_predict sets ``cpu_count()`` threads on the CPU, so
 ours runs with ``OMP_NUM_THREADS=cpu_count()``. Prints each wall time, the ratios nnU-Net / ours of the
 medians, the planned patch and spacing beside ours, and whether the output masks have the scan's shape.
-nnU-Net plans its own patch and network for the phantoms, and runs float32 on the CPU where ours runs
-bf16 + channels_last: the ratio is that of the two tools' defaults on one scan, not of equal networks.
+nnU-Net plans its own patch and network for the phantoms and runs float32 on the CPU; ours runs
+channels_last, plus bf16 autocast on CPUs with native bf16 (printed): the ratio is that of the two
+tools' defaults on one scan, not of equal networks. Mirroring TTA is 8 network passes per window, so
+``--skip-tta`` is there for small machines (2 cores: the no-TTA run alone took about an hour).
 
 Run: ``/work/nnunet-venv/bin/python bench/anchor_nnunet.py [--workdir DIR] [--repeats 1] [--skip-tta]``
 """
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.infer_speed import prepare
     from pipeline.core.config import Config
+    from pipeline.core.runtime import cpu_supports_bf16
 
     work = Path(args.workdir).resolve()
     threads = os.cpu_count() or 1
@@ -212,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     runs = [("nnU-Net, no TTA", "no_tta", ["--disable_tta"])]
     runs += [] if args.skip_tta else [("nnU-Net, mirroring TTA", "tta", [])]
-    print(f"torch {torch.__version__}, {threads} threads for both tools", flush=True)
+    bf16 = "with" if cpu_supports_bf16() else "without"
+    print(
+        f"torch {torch.__version__}, {threads} threads for both tools; ours {bf16} bf16 autocast", flush=True
+    )
     walls: dict[str, list[float]] = {"ours": [], **{name: [] for name, _, _ in runs}}
     for rep in range(args.repeats):
         print(f"repeat {rep + 1}/{args.repeats}: load average {os.getloadavg()[0]:.2f}", flush=True)

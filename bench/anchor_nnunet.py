@@ -31,12 +31,12 @@ is downloaded):
    scan without (``--disable_tta``) and with mirroring TTA, each a fresh process.
 
 Both tools get the same torch threads: nnUNetv2_predict sets ``cpu_count()`` threads on the CPU, so
-ours runs with ``OMP_NUM_THREADS=cpu_count()``. Prints each wall time, the ratios nnU-Net / ours of the
-medians, the planned patch and spacing beside ours, and whether the output masks have the scan's shape.
-nnU-Net plans its own patch and network for the phantoms and runs float32 on the CPU; ours runs
-channels_last, plus bf16 autocast on CPUs with native bf16 (printed): the ratio is that of the two
-tools' defaults on one scan, not of equal networks. Mirroring TTA is 8 network passes per window, so
-``--skip-tta`` is there for small machines (2 cores: the no-TTA run alone took about an hour).
+ours runs with ``OMP_NUM_THREADS=cpu_count()``. Prints each wall and CPU time and the ratios nnU-Net /
+ours of the medians (CPU seconds: the ratio that other jobs on the same cores barely move), the planned
+patch and spacing beside ours, and whether the masks have the scan's shape. nnU-Net plans its own patch
+and network for the phantoms and runs float32 on the CPU; ours runs channels_last, plus bf16 autocast on
+CPUs with native bf16 (printed): the ratio is that of the two tools' defaults on one scan, not of equal
+networks. Mirroring TTA is 8 network passes per window; ``--skip-tta`` leaves it out on small machines.
 
 Run: ``/work/nnunet-venv/bin/python bench/anchor_nnunet.py [--workdir DIR] [--repeats 1] [--skip-tta]``
 """
@@ -144,16 +144,22 @@ def tool(name: str) -> str:
     return found
 
 
-def timed(cmd: list[str], env: dict, log: Path) -> float:
-    """Wall seconds of ``cmd`` in a fresh process; its output goes to ``log``."""
+def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of ``cmd`` in a fresh process; its output goes to ``log``.
+
+    CPU seconds are user + system time of the process and of the workers it waited for: unlike the
+    wall time, they barely change when other jobs share the cores, so their ratio is the fairer one.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     with log.open("w") as fh:
-        rc = subprocess.run(cmd, env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    rc = proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     if rc != 0:
         raise SystemExit(f"{Path(cmd[0]).name} failed (exit {rc}), see {log}")
-    return wall
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def mask_shape(folder: Path) -> tuple[int, ...]:
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     raw_dataset(work / "raw")
     if not (work / "preprocessed" / DATASET / f"{PLANS}.json").exists():
         plan = ["-d", str(DATASET_ID), "-c", CONFIG, "-np", "2", "--verify_dataset_integrity"]
-        t = timed([tool("nnUNetv2_plan_and_preprocess"), *plan], env, work / "logs" / "plan.log")
+        t, _ = timed([tool("nnUNetv2_plan_and_preprocess"), *plan], env, work / "logs" / "plan.log")
         print(f"nnUNetv2_plan_and_preprocess: {t:.1f} s", flush=True)
     untrained_checkpoint(work / "results", work / "preprocessed")
     p, cfg = planned(work / "preprocessed"), Config()
@@ -203,44 +209,35 @@ def main(argv: list[str] | None = None) -> None:
     shutil.copyfile(scan, inputs / "scan_0000.nii.gz")
     base = [tool("nnUNetv2_predict"), "-i", str(inputs), "-d", str(DATASET_ID), "-c", CONFIG, "-f", "0"]
     base += ["-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"]
-    ours_cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "infer",
-        "--model",
-        str(ours_ckpt),
-        "--input",
-        str(scan),
-    ]
+    ours_cmd = [sys.executable, "-m", "pipeline.cli", "infer", "--model", str(ours_ckpt), "--input"]
+    ours_cmd += [str(scan), "--out", str(work / "ours"), "--overwrite"]
     runs = [("nnU-Net, no TTA", "no_tta", ["--disable_tta"])]
     runs += [] if args.skip_tta else [("nnU-Net, mirroring TTA", "tta", [])]
     bf16 = "with" if cpu_supports_bf16() else "without"
     print(
         f"torch {torch.__version__}, {threads} threads for both tools; ours {bf16} bf16 autocast", flush=True
     )
-    walls: dict[str, list[float]] = {"ours": [], **{name: [] for name, _, _ in runs}}
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], **{name: [] for name, _, _ in runs}}
+
+    def run(name: str, cmd: list[str], log: str) -> None:
+        times[name].append(timed(cmd, env, work / "logs" / log))
+        wall, cpu = times[name][-1]
+        print(f"  {name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load {os.getloadavg()[0]:.2f})", flush=True)
+
     for rep in range(args.repeats):
         print(f"repeat {rep + 1}/{args.repeats}: load average {os.getloadavg()[0]:.2f}", flush=True)
-        out = work / "ours"
-        walls["ours"].append(
-            timed([*ours_cmd, "--out", str(out), "--overwrite"], env, work / "logs" / "ours.log")
-        )
-        print(f"  pancreas-seg infer: {walls['ours'][-1]:.1f} s (load {os.getloadavg()[0]:.2f})", flush=True)
+        run("ours", ours_cmd, "ours.log")
         for name, sub, extra in runs:
             shutil.rmtree(work / sub, ignore_errors=True)  # nnUNetv2_predict skips existing outputs
-            walls[name].append(
-                timed([*base, "-o", str(work / sub), *extra], env, work / "logs" / f"{sub}.log")
-            )
-            print(f"  {name}: {walls[name][-1]:.1f} s (load {os.getloadavg()[0]:.2f})", flush=True)
-    ours = statistics.median(walls["ours"])
+            run(name, [*base, "-o", str(work / sub), *extra], f"{sub}.log")
+    wall, cpu = (statistics.median(t[i] for t in times["ours"]) for i in (0, 1))
     shape = mask_shape(work / "ours")
-    print(f"\nmedians of {args.repeats} repeat(s); input {tuple(int(s) for s in mask_shape(work / 'scan'))}")
-    print(f"pancreas-seg infer: {ours:.1f} s, mask shape {shape}")
+    print(f"\nmedians of {args.repeats} repeat(s); scan {mask_shape(work / 'scan')}")
+    print(f"pancreas-seg infer: {wall:.1f} s wall, {cpu:.1f} s CPU, mask shape {shape}")
     for name, sub, _ in runs:
-        t = statistics.median(walls[name])
+        w, c = (statistics.median(t[i] for t in times[name]) for i in (0, 1))
         same = "same shape" if mask_shape(work / sub) == shape else f"shape {mask_shape(work / sub)}"
-        print(f"{name}: {t:.1f} s, {t / ours:.2f}x our time ({same})")
+        print(f"{name}: {w:.1f} s wall ({w / wall:.2f}x ours), {c:.1f} s CPU ({c / cpu:.2f}x ours), {same}")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,12 @@ def test_anchor_nnunet_without_nnunetv2_says_where_to_install_it(tmp_path):
     with pytest.raises(SystemExit, match="nnunetv2 is not installed"):
         _anchor_nnunet().main(["--workdir", str(tmp_path / "work")])
     assert not (tmp_path / "work").exists()
+
+
+def test_anchor_nnunet_timing_counts_cpu_seconds_and_names_the_log_of_a_failed_run(tmp_path):
+    timed = _anchor_nnunet().timed
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2: pass"
+    wall, cpu = timed([sys.executable, "-c", busy], dict(os.environ), tmp_path / "ok.log")
+    assert cpu >= 0.2 and wall >= 0.2
+    with pytest.raises(SystemExit, match=r"failed \(exit 3\), see .*bad\.log"):
+        timed([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), tmp_path / "bad.log")

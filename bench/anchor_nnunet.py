@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/pancreas_seg_nnunet")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of ours, nnU-Net, nnU-Net + TTA")
+    parser.add_argument(
+        "--scan-shape", type=int, nargs=3, default=[512, 512, 200], help="voxels of the scan (a quick check)"
+    )
     parser.add_argument("--skip-tta", action="store_true", help="leave out nnU-Net with mirroring (8 passes)")
     args = parser.parse_args(argv)
     try:
@@ -201,9 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     p, cfg = planned(work / "preprocessed"), Config()
     print(
         f"nnU-Net 3d_fullres: patch {p['patch_size']} (z, y, x) at {p['spacing']} mm; "
-        f"ours: window {cfg.infer.roi_size or cfg.data.patch_size} (x, y, z) at {cfg.data.target_spacing} mm"
+        f"ours: window {cfg.infer.roi_size or cfg.data.patch_size} (x, y, z) at {cfg.data.target_spacing} mm",
+        flush=True,
     )
-    scan, ours_ckpt = prepare(work / "scan")
+    scan, ours_ckpt = prepare(work / "scan", tuple(args.scan_shape))
     inputs = work / "predict_in"
     inputs.mkdir(exist_ok=True)
     shutil.copyfile(scan, inputs / "scan_0000.nii.gz")

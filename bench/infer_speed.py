@@ -44,8 +44,8 @@ VARIANTS = [  # (name, overrides); the default is infer.precision=auto
 ]
 
 
-def prepare(work: Path) -> tuple[Path, Path]:
-    """Write the scan and a random-weight checkpoint of the default network (kept between runs)."""
+def prepare(work: Path, shape: tuple[int, int, int] = SHAPE) -> tuple[Path, Path]:
+    """Write the scan (``shape`` voxels) and a random-weight checkpoint of the default network (kept)."""
     import torch
 
     from models import build_model
@@ -55,7 +55,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
 
     scan, ckpt = work / "scan.nii.gz", work / "model.pt"
     if not scan.exists():
-        ph = make_phantom(0, shape=SHAPE, spacing=SPACING)
+        ph = make_phantom(0, shape=shape, spacing=SPACING)
         save_phantom(ph, scan, work / "label.nii.gz")
     if not ckpt.exists():
         cfg = Config()

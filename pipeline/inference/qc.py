@@ -51,33 +51,22 @@ def ensemble_scores(probs: torch.Tensor, fold_fg: torch.Tensor | None, voxel_ml:
         ``{"qc_fold_dice", "qc_volume_cv", "qc_entropy", "qc_score", "fold_volumes_ml"}``.
     """
     probs = torch.as_tensor(probs)
-    if fold_fg is not None and fold_fg.shape[0] >= 2:
-        folds = torch.as_tensor(fold_fg) > 0.5
-        union = folds.any(0)
-    else:
-        folds = None
-        union = probs[0] < 0.5 if probs.shape[0] == 2 else probs.argmax(0) > 0
-    box = _box(union)  # the rest works inside the union's bounding box: a pancreas is small
-    union, probs = union[box], probs[(slice(None), *box)]
-    folds = None if folds is None else folds[(slice(None), *box)]
-    out = {"qc_fold_dice": math.nan, "qc_volume_cv": math.nan, "qc_entropy": 0.0, "fold_volumes_ml": []}
-    if bool(union.any()):
-        p = probs[:, union].double().clamp_min(1e-12)
-        h = -(p * p.log()).sum(0) / math.log(probs.shape[0])
-        out["qc_entropy"] = float(h.mean())
+    folds = _fold_masks(fold_fg)
+    box = _box(_union(probs, folds))  # the rest works inside the union's bounding box: a pancreas is small
+    inside = None if fold_fg is None else torch.as_tensor(fold_fg)[(slice(None), *box)]
+    return combine_tallies([qc_tally(probs[(slice(None), *box)], inside)], voxel_ml)
+
+
+def _fold_masks(fold_fg: torch.Tensor | None) -> torch.Tensor | None:
+    """Each fold's foreground mask (N, X, Y, Z), or None with fewer than two folds."""
+    return torch.as_tensor(fold_fg) > 0.5 if fold_fg is not None and fold_fg.shape[0] >= 2 else None
+
+
+def _union(probs: torch.Tensor, folds: torch.Tensor | None) -> torch.Tensor:
+    """The voxels QC scores: the union of the folds' masks, else the averaged prediction's foreground."""
     if folds is not None:
-        flat = folds.reshape(folds.shape[0], -1)
-        sizes = flat.sum(1).double()
-        dices = []
-        for i, j in combinations(range(flat.shape[0]), 2):
-            total = float(sizes[i] + sizes[j])
-            dices.append(1.0 if total == 0 else 2.0 * float((flat[i] & flat[j]).sum()) / total)
-        out["qc_fold_dice"] = float(np.mean(dices))
-        mean = float(sizes.mean())
-        out["qc_volume_cv"] = float(sizes.std(unbiased=False)) / mean if mean > 0 else 0.0
-        out["fold_volumes_ml"] = [float(s) * voxel_ml for s in sizes]
-    out["qc_score"] = out["qc_entropy"]
-    return out
+        return folds.any(0)
+    return probs[0] < 0.5 if probs.shape[0] == 2 else probs.argmax(0) > 0
 
 
 def qc_tally(probs: torch.Tensor, fold_fg: torch.Tensor | None) -> dict:
@@ -93,11 +82,8 @@ def qc_tally(probs: torch.Tensor, fold_fg: torch.Tensor | None) -> dict:
         (pairs in ``itertools.combinations`` order; empty lists with fewer than two folds).
     """
     probs = torch.as_tensor(probs)
-    folds = torch.as_tensor(fold_fg) > 0.5 if fold_fg is not None and fold_fg.shape[0] >= 2 else None
-    if folds is not None:
-        union = folds.any(0)
-    else:
-        union = probs[0] < 0.5 if probs.shape[0] == 2 else probs.argmax(0) > 0
+    folds = _fold_masks(fold_fg)
+    union = _union(probs, folds)
     out = {"classes": int(probs.shape[0]), "union": int(union.sum()), "entropy_sum": 0.0}
     if out["union"]:
         p = probs[:, union].double().clamp_min(1e-12)

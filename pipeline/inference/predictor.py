@@ -29,6 +29,7 @@ from pipeline.core.runtime import (
     prepare_model,
     select_device,
 )
+from pipeline.data.statistics import voxel_volume_mm3
 from pipeline.inference.qc import ensemble_scores
 from pipeline.inference.slabs import SlabPlan, plan_slabs, predict_in_slabs
 from transforms import build_infer_transforms, invert_to_original, regions_to_labels
@@ -266,9 +267,7 @@ class Predictor:
             return probs[: int(self.cfg.model.out_channels)], {}
         probs, scored, folds = self.qc_inputs(probs)
         t0 = time.perf_counter()
-        voxel_ml = (
-            float(abs(np.linalg.det(np.asarray(data["image"].affine, dtype=np.float64)[:3, :3]))) / 1000
-        )
+        voxel_ml = voxel_volume_mm3(data["image"].affine) / 1000
         scores = ensemble_scores(scored, folds, voxel_ml)
         scores["qc_s"] = time.perf_counter() - t0
         return probs, scores

@@ -39,6 +39,7 @@ import torch
 from pipeline.core.constants import NIFTI_EXTENSIONS
 from pipeline.core.errors import ImageError, MemoryLimitError
 from pipeline.core.geometry import spacing_from_affine
+from pipeline.data.statistics import voxel_volume_mm3
 from pipeline.inference.memory import GIB, MemoryModel, estimate_peak, memory_budget, resident_bytes
 from pipeline.inference.qc import combine_tallies, qc_tally
 from transforms.io import check_ct_intensities, check_header, load_volume, warn_once
@@ -305,7 +306,7 @@ def predict_in_slabs(predictor: Predictor, plan: SlabPlan) -> Prediction:
         if stats:
             box = _core_box(data["image"], slab_affine, c0 - s0, c1 - s0)
             tallies.append(qc_tally(scored[box], None if folds is None else folds[box]))
-            voxel_ml = float(abs(np.linalg.det(np.asarray(data["image"].affine, np.float64)[:3, :3]))) / 1000
+            voxel_ml = voxel_volume_mm3(data["image"].affine) / 1000
         out = predictor.postprocess(data, probs, largest=False)
         del data, probs, scored, folds
         t["invert_s"] += out.timings["invert_s"]

@@ -109,8 +109,8 @@ def memory_budget(max_memory_gb: float) -> tuple[int | None, str]:
     avail = available_bytes()
     if avail is None:
         return None, "no memory limit known"
-    budget = int(0.75 * (avail + resident_bytes()))
-    return budget, f"infer.max_memory_gb=0: 75% of the available {(avail + resident_bytes()) / GIB:.1f} GB"
+    total = avail + resident_bytes()
+    return int(0.75 * total), f"infer.max_memory_gb=0: 75% of the available {total / GIB:.1f} GB"
 
 
 @dataclass

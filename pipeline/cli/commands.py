@@ -175,12 +175,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.tumour:  # before the user's --set, so those can still change them (e.g. regions)
         args.overrides = [*TUMOUR_OVERRIDES, *args.overrides]
+    cfg = _config(args)
+    jobs = args.parallel_folds
+    if jobs is None:  # the 3-class demo: every fold at once on a CPU (the cores shared), else serial
+        from pipeline.core.runtime import select_device
+
+        jobs = int(cfg.train.num_folds) if args.tumour and select_device(cfg.perf).type == "cpu" else 0
     run_demo(
         args.out,
         n=args.n,
         seed=args.seed,
-        cfg=_config(args),
+        cfg=cfg,
         tumour_fraction=TUMOUR_FRACTION if args.tumour else 0.0,
+        parallel_folds=jobs,
+        config=args.config,
+        overrides=args.overrides,
     )
     return 0
 

@@ -371,8 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tumour",
         action="store_true",
         help="pancreas and tumour: a lesion in 2 of 3 phantoms (label 2), and data.class_names=[pancreas,tumour], "
-        "model.out_channels=3 (for nnU-Net-style regions add --set 'data.regions=[[1,2],[2]]' "
-        "--set model.out_channels=2)",
+        "model.out_channels=3, train.lr=0.01, train.epochs=40, train.val_interval=10 (for nnU-Net-style "
+        "regions add --set 'data.regions=[[1,2],[2]]' --set model.out_channels=2)",
+    )
+    p.add_argument(
+        "--parallel-folds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the folds as N processes at once, the CPU cores shared (as cv --parallel-folds); "
+        "0: one after another. Default: 0, and every fold at once for --tumour on a machine without CUDA",
     )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=commands.cmd_demo)

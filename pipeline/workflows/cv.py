@@ -272,6 +272,11 @@ def format_summary(summary: dict) -> str:
     """A small text table: Dice/HD95/ASSD mean ± std per fold and overall, then each class's means
     with their bootstrap intervals."""
     lines = [f"{'fold':>7} {'Dice':>15} {'HD95 mm':>15} {'ASSD mm':>15}"]
+    classes = list(summary.get("per_class") or {})
+    if len(classes) > 1:  # the fold rows pool every class's rows: say so before the per-class lines
+        lines.insert(
+            0, f"per fold: mean over the rows of all classes ({', '.join(classes)}); each class below"
+        )
 
     def row(name: str, s: dict) -> str:
         cells = [f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}" for m in ("dice", "hd95_mm", "assd_mm")]

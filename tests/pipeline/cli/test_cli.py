@@ -139,3 +139,23 @@ def test_phantoms_with_tumours_write_a_3_class_manifest(tmp_path):
     assert set(df["label_map"]) == {"1:pancreas,2:tumour"}
     assert all(2 in np.unique(np.asarray(load(out / p).dataobj)) for p in df["label"])
     assert main(["phantoms", "--out", str(tmp_path / "bad"), "--n", "1", "--tumour-fraction", "2"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, jobs, lr",
+    [
+        ([], 0, 0.003),  # the binary demo: folds one after another, as before
+        (["--tumour"], 3, 0.01),  # 3-class: every fold at once on the CPU, its own recipe
+        (["--tumour", "--parallel-folds", "0"], 0, 0.01),
+        (["--parallel-folds", "2", "--set", "train.lr=0.005"], 2, 0.005),
+    ],
+)
+def test_demo_runs_its_folds_in_parallel_for_the_tumour_demo_on_cpu(argv, jobs, lr, tmp_path, monkeypatch):
+    import pipeline.workflows.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.update(kw, out=out))
+    assert main(["demo", "--out", str(tmp_path / "d"), "--set", "perf.device=cpu", *argv]) == 0
+    assert seen["parallel_folds"] == jobs and seen["cfg"].train.lr == pytest.approx(lr)
+    assert seen["config"] == "demo" and ("train.lr=0.01" in seen["overrides"]) == ("--tumour" in argv)
+    assert ("data.class_names=[pancreas,tumour]" in seen["overrides"]) == ("--tumour" in argv)

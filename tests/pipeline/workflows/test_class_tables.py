@@ -58,6 +58,7 @@ def test_cv_summary_has_per_class_blocks_with_intervals(tmp_path):
     assert saved["detection"]["tumour"]["lesion_level"]["fp"] == 4
     text = format_summary(summary)
     assert "tumour (8 cases" in text and "tumour detection: case sensitivity 1.000 (4/4)" in text
+    assert text.startswith("per fold: mean over the rows of all classes (pancreas, tumour)")
 
 
 def test_compare_gives_each_class_a_paired_difference_with_its_interval(tmp_path):

@@ -14,6 +14,7 @@ from pipeline.core.layout import RunLayout, manifest_in
 from pipeline.data.manifest import assign_folds, describe_folds, write_manifest
 from pipeline.synthetic.phantom import write_phantoms
 from pipeline.workflows.cv import format_summary, run_cv
+from pipeline.workflows.parallel_folds import run_parallel_folds
 
 __all__ = ["TUMOUR_FRACTION", "TUMOUR_OVERRIDES", "run_demo"]
 
@@ -76,8 +77,6 @@ def run_demo(
     run_dir = out / "cv"
     start = time.perf_counter()
     if parallel_folds:
-        from pipeline.workflows.parallel_folds import run_parallel_folds
-
         folds = list(range(int(cfg.train.num_folds)))
         summary = run_parallel_folds(cfg, manifest, run_dir, folds, parallel_folds, config, overrides)
     else:
